@@ -1,0 +1,1 @@
+"""FG-CAM workbench: fine-grained CAM explanations and the LRP family on one engine."""
