@@ -1,0 +1,262 @@
+"""Model loading: torchvision VGGs with their official weights, and the bundled benchmark model.
+
+``load_model(name) -> (model, preprocess)``; the model is in eval mode. Weights are never
+silently random: a missing file raises :class:`WeightsNotFoundError` with the path(s)
+looked at and how to obtain the file; random initialisation is asked for explicitly with
+``weights="random"``.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = [
+    "BundledVGG", "Preprocess", "WeightsNotFoundError", "load_model", "model_card", "bundled_classes",
+    "VGG16_CFG", "TORCHVISION_VGGS", "MODEL_NAMES", "BUNDLED_CHECKPOINT", "BUNDLED_CARD",
+    "IMAGENET_MEAN", "IMAGENET_STD",
+]
+
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+BUNDLED_CHECKPOINT = DATA_DIR / "bundled_vgg16bn.pt"
+BUNDLED_CARD = DATA_DIR / "bundled_vgg16bn.json"
+
+#: torchvision's VGG16 configuration ("M" = 2x2 max-pool)
+VGG16_CFG: list[int | str] = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
+
+TORCHVISION_VGGS: tuple[str, ...] = (
+    "vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn",
+)
+MODEL_NAMES: tuple[str, ...] = ("bundled",) + TORCHVISION_VGGS
+
+
+class WeightsNotFoundError(RuntimeError):
+    """Pretrained weights are not on disk (and cannot be downloaded here)."""
+
+
+def scaled_cfg(divisor: int = 8, cfg: Sequence[int | str] = VGG16_CFG) -> list[int | str]:
+    """VGG configuration with every width divided by ``divisor`` (at least 1 channel)."""
+    return [c if c == "M" else max(int(c) // divisor, 1) for c in cfg]
+
+
+class BundledVGG(nn.Module):
+    """VGG16-BN layout with narrower channels (same ``features[i]`` indices as torchvision).
+
+    ``features``: conv3x3 (pad 1) -> BatchNorm2d -> ReLU(inplace) per conv, MaxPool2d(2, 2)
+    at indices 6, 13, 23, 33, 43 for the VGG16 configuration; ``avgpool``: global average
+    pool; ``classifier``: Dropout -> Linear.
+
+    Input B x 3 x S x S (normalised); output B x n_classes logits. With S = 128 the last
+    feature map (``features[43]``) is B x C x 4 x 4.
+    """
+
+    def __init__(self, cfg: Sequence[int | str] | None = None, n_classes: int = 8, dropout: float = 0.2) -> None:
+        super().__init__()
+        cfg = list(cfg) if cfg is not None else scaled_cfg(8)
+        layers: list[nn.Module] = []
+        c_in = 3
+        for c in cfg:
+            if c == "M":
+                layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+            else:
+                layers += [nn.Conv2d(c_in, int(c), kernel_size=3, padding=1), nn.BatchNorm2d(int(c)),
+                           nn.ReLU(inplace=True)]
+                c_in = int(c)
+        self.cfg = cfg
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(c_in, n_classes))
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0, 0.01)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """B x 3 x S x S -> B x n_classes."""
+        x = self.features(x)
+        x = self.avgpool(x)
+        x = torch.flatten(x, 1)
+        return self.classifier(x)
+
+
+class Preprocess:
+    """Resize to ``size`` x ``size`` and normalise with ``mean``/``std``.
+
+    Accepts a B x 3 x H x W or 3 x H x W float tensor in [0, 1], a uint8 tensor, a PIL
+    image, or a path to an image file; returns a B x 3 x size x size float tensor.
+    """
+
+    def __init__(self, size: int, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                 resize_mode: str = "bilinear") -> None:
+        self.size = int(size)
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+        self.resize_mode = resize_mode
+
+    def to_tensor(self, x: Any) -> torch.Tensor:
+        """Input of any accepted kind -> B x 3 x H x W float in [0, 1] (not resized)."""
+        if isinstance(x, (str, os.PathLike)):
+            from PIL import Image
+
+            with Image.open(x) as im:
+                x = im.convert("RGB")
+        if not isinstance(x, torch.Tensor):  # PIL image or array-like H x W x 3
+            import numpy as np
+
+            arr = np.asarray(x.convert("RGB") if hasattr(x, "convert") else x)
+            x = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)
+        if x.dtype == torch.uint8:
+            x = x.float() / 255.0
+        x = x.float()
+        if x.dim() == 3:
+            x = x.unsqueeze(0)
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"expected 3 x H x W or B x 3 x H x W, got shape {tuple(x.shape)}")
+        return x
+
+    def resize(self, x: torch.Tensor) -> torch.Tensor:
+        """B x 3 x H x W -> B x 3 x size x size (unchanged if already that size)."""
+        if x.shape[-2:] == (self.size, self.size):
+            return x
+        return F.interpolate(x, size=(self.size, self.size), mode=self.resize_mode, align_corners=False,
+                             antialias=self.resize_mode in ("bilinear", "bicubic"))
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """(x - mean) / std per channel."""
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        return (x - mean) / std
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`normalize`."""
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        return x * std + mean
+
+    def __call__(self, x: Any) -> torch.Tensor:
+        return self.normalize(self.resize(self.to_tensor(x)))
+
+    def __repr__(self) -> str:
+        return f"Preprocess(size={self.size}, mean={self.mean}, std={self.std})"
+
+
+# ------------------------------------------------------------------ loading ------------
+def _torchvision_weights_enum(name: str) -> Any:
+    import torchvision.models as tvm
+
+    enum_name = {n: n.replace("vgg", "VGG").replace("_bn", "_BN") + "_Weights" for n in TORCHVISION_VGGS}[name]
+    return getattr(tvm, enum_name).IMAGENET1K_V1
+
+
+def _hub_checkpoint_path(url: str) -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+
+
+def _load_torchvision(name: str, weights: str | os.PathLike | None) -> tuple[nn.Module, Preprocess]:
+    import torchvision.models as tvm
+
+    model = getattr(tvm, name)(weights=None)
+    preprocess = Preprocess(224)
+    if weights == "random":
+        return model, preprocess
+    enum = _torchvision_weights_enum(name)
+    url = enum.url
+    candidates = [Path(weights)] if weights is not None else [_hub_checkpoint_path(url)]
+    for path in candidates:
+        if path.is_file():
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            model.load_state_dict(state)
+            model.categories = list(enum.meta["categories"])  # type: ignore[attr-defined]
+            return model, preprocess
+    where = "\n".join(f"  {p}" for p in candidates)
+    raise WeightsNotFoundError(
+        f"pretrained weights for {name!r} not found; looked at:\n{where}\n"
+        f"Download {url}\n"
+        f"and put it at {_hub_checkpoint_path(url)} (torch hub cache; TORCH_HOME moves it), "
+        f"or pass load_model({name!r}, weights='/path/to/{os.path.basename(url)}'). "
+        f"Use weights='random' for an untrained network."
+    )
+
+
+def _read_card(card_path: Path) -> dict[str, Any]:
+    with open(card_path) as f:
+        return json.load(f)
+
+
+def _load_bundled(weights: str | os.PathLike | None) -> tuple[nn.Module, Preprocess]:
+    ckpt_path = BUNDLED_CHECKPOINT if weights in (None, "random") else Path(weights)
+    card_path = ckpt_path.with_suffix(".json")
+    if weights == "random":
+        card = _read_card(card_path) if card_path.is_file() else {
+            "cfg": scaled_cfg(8), "classes": _scene_classes(), "input_size": 128,
+            "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+        model = BundledVGG(card["cfg"], n_classes=len(card["classes"]))
+    else:
+        if not ckpt_path.is_file():
+            raise WeightsNotFoundError(
+                f"bundled checkpoint not found at {ckpt_path}; train it with "
+                f"`python -m fgcam_lib.train --out {ckpt_path}` (see TRAINING.md), or use weights='random'.")
+        blob = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        card = blob["card"] if "card" in blob else _read_card(card_path)
+        model = BundledVGG(card["cfg"], n_classes=len(card["classes"]), dropout=card.get("dropout", 0.2))
+        model.load_state_dict(blob["state_dict"])
+    model.card = card  # type: ignore[attr-defined]
+    return model, Preprocess(card["input_size"], card["mean"], card["std"])
+
+
+def _scene_classes() -> list[str]:
+    from .scenes import CLASSES
+
+    return list(CLASSES)
+
+
+def load_model(name: str, weights: str | os.PathLike | None = None, device: str | torch.device = "cpu",
+               pretrained: bool = True) -> tuple[nn.Module, Preprocess]:
+    """Load a model by name; returns ``(model in eval mode on device, preprocess)``.
+
+    Args:
+        name: "bundled" or one of the torchvision VGGs (``TORCHVISION_VGGS``).
+        weights: None (default location: data/ for "bundled", the torch hub cache for the
+            VGGs), a path to a checkpoint / state-dict file, or "random" (untrained).
+        device: where to put the model.
+        pretrained: False is the same as ``weights="random"``.
+
+    Raises:
+        ValueError: unknown name.
+        WeightsNotFoundError: the weights file is missing.
+    """
+    if not pretrained:
+        weights = "random"
+    if name == "bundled":
+        model, preprocess = _load_bundled(weights)
+    elif name in TORCHVISION_VGGS:
+        model, preprocess = _load_torchvision(name, weights)
+    else:
+        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(MODEL_NAMES)}")
+    return model.to(device).eval(), preprocess
+
+
+def model_card(model: nn.Module) -> dict[str, Any]:
+    """The JSON card of a bundled model (architecture, data, training, accuracies); {} otherwise."""
+    return dict(getattr(model, "card", {}))
+
+
+def bundled_classes() -> list[str]:
+    """Class names of the bundled model (from its card, else the scene classes)."""
+    if BUNDLED_CARD.is_file():
+        return list(_read_card(BUNDLED_CARD)["classes"])
+    return _scene_classes()
