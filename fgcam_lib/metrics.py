@@ -477,7 +477,7 @@ def average_drop_increase(
         (torch.Size([B]), 23.4)
     """
     _check_images(x)
-    maps = _check_maps(maps, x.shape[0])
+    maps = _check_maps(maps, x.shape[0]).to(x.device)
     base = _resolve_baseline(x, baseline)
     y_logits = _clean_logits(model, x, batch_size)
     t = _resolve_target(target, y_logits)
@@ -489,7 +489,9 @@ def average_drop_increase(
         for i in range(0, x.shape[0], batch_size)
     )
     o = _target_probs(model, chunks, t, batch_size)
-    drop = (y - o).clamp(min=0) / y * 100.0
+    # y == 0 (softmax underflow) leaves nothing to drop: count it as 0
+    drop = torch.where(y > 0, (y - o).clamp(min=0) / y.clamp(min=torch.finfo(y.dtype).tiny),
+                       torch.zeros_like(y)) * 100.0
     increase = (o > y).to(drop.dtype) * 100.0
     return DropIncrease(drop=drop, increase=increase, prob_clean=y, prob_kept=o,
                         target=t, n_kept=mask.flatten(1).sum(1))
@@ -575,7 +577,7 @@ def insertion_deletion(
         torch.Size([B, 113])
     """
     _check_images(x)
-    maps = _check_maps(maps, x.shape[0])
+    maps = _check_maps(maps, x.shape[0]).to(x.device)
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     b, _, h, w = x.shape
@@ -959,7 +961,7 @@ def road(
         torch.Size([B, 9])
     """
     _check_images(x)
-    maps = _check_maps(maps, x.shape[0])
+    maps = _check_maps(maps, x.shape[0]).to(x.device)
     if order not in ("morf", "lerf"):
         raise ValueError(f"order must be 'morf' or 'lerf', got {order!r}")
     pcts = [float(p) for p in percentages]

@@ -259,6 +259,15 @@ def test_average_increase_counts_rising_probability():
     assert res.average_increase == 100.0 and res.average_drop == 0.0
 
 
+def test_average_drop_underflowing_probability_counts_zero():
+    wt = torch.full((6, 6), 100.0)
+    model = PixelLinear(wt).eval()
+    x = torch.ones(1, 3, 6, 6)  # logit_0 = 3600: class 1 has probability exactly 0
+    res = M.average_drop_increase(model, x, torch.rand(1, 6, 6), target=1, baseline=0.0)
+    assert res.prob_clean.item() == 0.0
+    assert res.drop.item() == 0.0 and torch.isfinite(res.drop).all()
+
+
 def test_signed_rule_keeps_only_positive_pixels():
     m = torch.full((2, 10, 10), -1.0)
     m[0, :2] = torch.rand(2, 10) + 0.1   # 20% positive -> keep those 20
