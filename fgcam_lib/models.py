@@ -118,7 +118,7 @@ class Preprocess:
             import numpy as np
 
             arr = np.asarray(x.convert("RGB") if hasattr(x, "convert") else x)
-            x = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)
+            x = torch.from_numpy(np.array(arr, copy=True)).permute(2, 0, 1)
         if x.dtype == torch.uint8:
             x = x.float() / 255.0
         x = x.float()

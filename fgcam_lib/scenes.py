@@ -332,8 +332,8 @@ class SyntheticScenes(Dataset):
         """
         stop = self.n if stop is None else min(stop, self.n)
         count = max(stop - start, 0)
-        images = torch.empty((count, 3, self.size, self.size), dtype=torch.uint8)
-        classes = torch.empty((count, self.n_objects), dtype=torch.long)
+        images = np.empty((count, self.size, self.size, 3), dtype=np.uint8)
+        classes = np.empty((count, self.n_objects), dtype=np.int64)
         it = range(start, stop)
         if progress:
             from tqdm import tqdm
@@ -341,9 +341,11 @@ class SyntheticScenes(Dataset):
             it = tqdm(it, desc=f"scenes[{self.split}]", mininterval=5)
         for j, i in enumerate(it):
             s = self.render(i)
-            images[j] = torch.from_numpy(s.image).mul_(255).round_().permute(2, 0, 1)
-            classes[j] = torch.from_numpy(s.classes)
-        return images, classes
+            np.rint(s.image * 255, out=s.image)
+            images[j] = s.image
+            classes[j] = s.classes
+        out = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+        return out, torch.from_numpy(classes)
 
 
 def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,140 @@
+"""Tests of model loading, the bundled architecture, its checkpoint and the training script."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+import torchvision
+
+from fgcam_lib import models
+from fgcam_lib.models import (BUNDLED_CHECKPOINT, BundledVGG, Preprocess, WeightsNotFoundError, load_model,
+                              model_card, scaled_cfg)
+from fgcam_lib.scenes import CLASSES, SyntheticScenes
+
+
+def test_bundled_layout_matches_torchvision_vgg16_bn() -> None:
+    ours = BundledVGG(scaled_cfg(8), n_classes=len(CLASSES))
+    ref = torchvision.models.vgg16_bn(weights=None)
+    assert len(ours.features) == len(ref.features) == 44
+    for i, (a, b) in enumerate(zip(ours.features, ref.features)):
+        assert type(a) is type(b), i
+        if isinstance(a, nn.Conv2d):
+            assert (a.kernel_size, a.stride, a.padding) == (b.kernel_size, b.stride, b.padding) == ((3, 3), (1, 1), (1, 1))
+            assert a.out_channels * 8 == b.out_channels
+        if isinstance(a, nn.ReLU):
+            assert a.inplace
+    pools = [i for i, m in enumerate(ours.features) if isinstance(m, nn.MaxPool2d)]
+    assert pools == [6, 13, 23, 33, 43]
+    assert isinstance(ours.avgpool, nn.AdaptiveAvgPool2d)
+    assert isinstance(ours.classifier[-1], nn.Linear)
+    assert ours.classifier[-1].out_features == len(CLASSES)
+
+
+def test_bundled_forward_walks_features_avgpool_classifier() -> None:
+    model = BundledVGG(scaled_cfg(16), n_classes=5).eval()
+    x = torch.randn(2, 3, 64, 64)
+    feats = model.features(x)
+    assert feats.shape == (2, 32, 2, 2)
+    manual = model.classifier(torch.flatten(model.avgpool(feats), 1))
+    assert torch.allclose(model(x), manual)
+    assert manual.shape == (2, 5)
+
+
+def test_unknown_name_raises_value_error() -> None:
+    with pytest.raises(ValueError, match="vgg16_bn"):
+        load_model("resnet9000")
+
+
+def test_torchvision_weights_missing_raise_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None, raising=False)
+    with pytest.raises(WeightsNotFoundError) as info:
+        load_model("vgg16_bn")
+    msg = str(info.value)
+    assert str(tmp_path) in msg and "vgg16_bn-6c64b313.pth" in msg and "https://" in msg
+    assert isinstance(info.value, RuntimeError)
+    with pytest.raises(WeightsNotFoundError):
+        load_model("vgg11", weights=tmp_path / "missing.pth")
+
+
+def test_torchvision_random_and_weights_file(tmp_path: Path) -> None:
+    model, pre = load_model("vgg11", weights="random")
+    assert not model.training and pre.size == 224
+    state = tmp_path / "w.pth"
+    torch.save(model.state_dict(), state)
+    again, _ = load_model("vgg11", weights=state)
+    for (k, a), b in zip(model.state_dict().items(), again.state_dict().values()):
+        assert torch.equal(a, b), k
+    rnd, _ = load_model("vgg11", pretrained=False)
+    assert isinstance(rnd, torchvision.models.VGG)
+
+
+def test_bundled_random_init() -> None:
+    model, pre = load_model("bundled", weights="random")
+    assert isinstance(model, BundledVGG) and not model.training
+    assert pre.mean == models.IMAGENET_MEAN and pre.std == models.IMAGENET_STD
+    out = model(pre(torch.rand(2, 3, 50, 70)))
+    assert out.shape == (2, len(model_card(model)["classes"]))
+
+
+def test_bundled_missing_checkpoint_raises(tmp_path: Path) -> None:
+    with pytest.raises(WeightsNotFoundError, match="train"):
+        load_model("bundled", weights=tmp_path / "nope.pt")
+
+
+def test_preprocess_inputs(tmp_path: Path) -> None:
+    from PIL import Image
+
+    pre = Preprocess(32)
+    x = torch.rand(3, 40, 48)
+    batch = pre(x)
+    assert batch.shape == (1, 3, 32, 32)
+    assert torch.allclose(pre.denormalize(pre.normalize(x[None])), x[None], atol=1e-6)
+    img = Image.fromarray((x.permute(1, 2, 0).numpy() * 255).astype("uint8"))
+    assert torch.allclose(pre(img), batch, atol=0.02)
+    img.save(tmp_path / "a.png")
+    assert torch.allclose(pre(tmp_path / "a.png"), batch, atol=0.02)
+    assert pre(torch.rand(4, 3, 32, 32)).shape == (4, 3, 32, 32)
+
+
+def test_training_script_tiny_epoch(tmp_path: Path) -> None:
+    from fgcam_lib.train import main
+
+    out = tmp_path / "tiny.pt"
+    main(["--tiny", "--out", str(out), "--threads", "1"])
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["classes"] == CLASSES and card["epochs"] == 1
+    assert 0.0 <= card["test_accuracy"] <= 1.0 and 0.0 <= card["pairs_top2"] <= 1.0
+    model, pre = load_model("bundled", weights=out)
+    assert pre.size == card["input_size"] == 32
+    assert model(pre(torch.rand(1, 3, 32, 32))).shape == (1, len(CLASSES))
+    assert (tmp_path / "tiny.pt.epochs" / "epoch_01.pt").is_file()
+
+
+def test_pairs_metric() -> None:
+    from fgcam_lib.train import pairs_top2, soft_targets
+
+    logits = torch.tensor([[5.0, 4.0, 0.0], [5.0, 0.0, 4.0]])
+    classes = torch.tensor([[1, 0], [0, 1]])
+    assert pairs_top2(logits, classes) == 0.5
+    assert soft_targets(classes, 3).tolist() == [[0.5, 0.5, 0.0], [0.5, 0.5, 0.0]]
+
+
+@pytest.mark.skipif(not BUNDLED_CHECKPOINT.is_file(),
+                    reason=f"bundled checkpoint {BUNDLED_CHECKPOINT} not trained yet (python -m fgcam_lib.train)")
+def test_bundled_checkpoint_reproduces_card_accuracy() -> None:
+    model, pre = load_model("bundled")
+    card = model_card(model)
+    assert card["classes"] == CLASSES
+    assert json.loads(models.BUNDLED_CARD.read_text())["test_accuracy"] == card["test_accuracy"]
+    ds = SyntheticScenes("test", n=200, seed=card["scene_seed"], size=card["input_size"])
+    images, classes = ds.to_tensors()
+    with torch.no_grad():
+        logits = model(pre(images))
+    acc = float((logits.argmax(1) == classes[:, 0]).float().mean())
+    assert acc > 0.8, "bundled model is not trained"
+    assert abs(acc - card["test_accuracy_first200"]) <= 0.02
+    assert abs(acc - card["test_accuracy"]) <= 0.06
