@@ -1091,8 +1091,9 @@ def cascading_randomization(
     called with a fresh copy each step, so the caller's model is never changed;
     layer j is re-initialised with seed ``seed + j`` (the same values at every
     step; ``j`` counts module paths, groups flattened) by ``reinit(module, seed)``
-    (default: the modules' ``reset_parameters`` under a forked RNG). ``target=None`` is resolved once to the original model's
-    top-1 class, so every step explains the same class.
+    (default: the modules' ``reset_parameters`` under a forked RNG).
+    ``target=None`` is resolved once to the original model's top-1 class, so every
+    step explains the same class.
     Returns one record per (step, image): ``step``, ``layer`` (the layer randomised
     at that step, ``"original"`` for step 0), ``randomized`` (all randomised layers
     so far, joined by ``"; "``), ``image``, ``spearman``, ``ssim``, ``spearman_abs``,
