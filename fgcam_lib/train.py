@@ -72,6 +72,30 @@ def pairs_top2(logits: torch.Tensor, classes: torch.Tensor) -> float:
     return float(hit.float().mean())
 
 
+def one_cycle(progress: float, peak: float, warmup: float = 0.1, start_div: float = 20.0,
+              final_div: float = 1000.0) -> float:
+    """Learning rate at ``progress`` in [0, 1]: linear warmup to ``peak``, then cosine decay."""
+    progress = min(max(progress, 0.0), 1.0)
+    if progress < warmup:
+        return peak / start_div + (peak - peak / start_div) * progress / warmup
+    q = (progress - warmup) / (1 - warmup)
+    low = peak / final_div
+    return low + (peak - low) * 0.5 * (1 + math.cos(math.pi * q))
+
+
+def scenes_tensors(split: str, n: int, seed: int, size: int, cache: Path | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``SyntheticScenes(split, n, seed, size).to_tensors()``, cached under ``cache`` if given."""
+    path = cache / f"{split}_{n}_{seed}_{size}.pt" if cache is not None else None
+    if path is not None and path.is_file():
+        blob = torch.load(path, weights_only=True)
+        return blob["images"], blob["classes"]
+    images, classes = SyntheticScenes(split, n, seed, size).to_tensors()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"images": images, "classes": classes}, path)
+    return images, classes
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m fgcam_lib.train", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -83,6 +107,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--n-test", type=int, default=1000, help="'test' scenes for the final accuracy")
     p.add_argument("--n-pairs", type=int, default=500, help="'pairs' scenes for the final top-2 metric")
     p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--minutes", type=float, default=0.0,
+                   help="if > 0: train for this many minutes of wall time, with the one-cycle schedule "
+                        "driven by elapsed time instead of steps (--epochs is then an upper bound)")
+    p.add_argument("--cache", type=Path, default=None, help="folder to cache generated training scenes in")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate (one-cycle)")
     p.add_argument("--wd", type=float, default=5e-4, help="AdamW weight decay")
@@ -112,12 +140,12 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     n_cls = len(CLASSES)
 
     log(f"generating {args.n_train} + {args.n_train_pairs} training scenes at {args.size}px")
-    x1, c1 = SyntheticScenes("train", args.n_train, args.seed, args.size).to_tensors()
-    x2, c2 = SyntheticScenes("train_pairs", args.n_train_pairs, args.seed, args.size).to_tensors()
+    x1, c1 = scenes_tensors("train", args.n_train, args.seed, args.size, args.cache)
+    x2, c2 = scenes_tensors("train_pairs", args.n_train_pairs, args.seed, args.size, args.cache)
     images = torch.cat([x1, x2])
     targets = torch.cat([soft_targets(c1, n_cls), soft_targets(c2, n_cls)])
     del x1, x2
-    val_x, val_c = SyntheticScenes("val", args.n_val, args.seed, args.size).to_tensors()
+    val_x, val_c = scenes_tensors("val", args.n_val, args.seed, args.size, args.cache)
     log(f"scenes ready in {time.time() - t_start:.0f}s: {tuple(images.shape)}")
 
     cfg = scaled_cfg(args.width_div)
@@ -126,8 +154,17 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.wd)
     steps_per_epoch = math.ceil(len(images) / args.batch)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.epochs * steps_per_epoch,
-                                                pct_start=0.15, div_factor=20, final_div_factor=200)
+    total_steps = args.epochs * steps_per_epoch
+    budget = 60.0 * args.minutes
+    t_train = time.time()
+
+    def progress(step: int) -> float:
+        if budget > 0:
+            return max((time.time() - t_train) / budget, step / total_steps)
+        return step / total_steps
+
+    for group in opt.param_groups:
+        group["lr"] = one_cycle(0.0, args.lr)
     ckpt_dir = args.ckpt_dir or Path(str(args.out) + ".epochs")
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     history: list[dict[str, float]] = []
@@ -136,19 +173,27 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         state = torch.load(args.resume, map_location=device, weights_only=False)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
         history = state["history"]
         first_epoch = state["epoch"] + 1
+        t_train -= state.get("train_seconds", 0.0)
         log(f"resumed from {args.resume} at epoch {first_epoch}")
 
     gen = torch.Generator().manual_seed(args.seed)
-    step_time, step_imgs = 0.0, 0
+    step_time, step_imgs, global_step, done = 0.0, 0, first_epoch * steps_per_epoch, False
+    epochs_done = first_epoch
     for epoch in range(first_epoch, args.epochs):
         model.train()
         gen.manual_seed(args.seed * 1000 + epoch)
         order = torch.randperm(len(images), generator=gen)
         t_epoch, run_loss = time.time(), 0.0
         for k in range(steps_per_epoch):
+            p_now = progress(global_step)
+            if p_now >= 1.0:
+                done = True
+                break
+            lr = one_cycle(p_now, args.lr)
+            for group in opt.param_groups:
+                group["lr"] = lr
             idx = order[k * args.batch:(k + 1) * args.batch]
             x = images[idx]
             flip = torch.rand(len(idx), generator=gen)
@@ -163,20 +208,25 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            sched.step()
+            global_step += 1
             step_time += time.time() - t0
             step_imgs += len(idx)
             run_loss += loss.item()
             if (k + 1) % 50 == 0:
                 log(f"epoch {epoch + 1} step {k + 1}/{steps_per_epoch} loss {run_loss / (k + 1):.4f} "
-                    f"lr {sched.get_last_lr()[0]:.2e} {1000 * step_time / step_imgs:.1f} ms/img")
+                    f"lr {lr:.2e} progress {p_now:.3f} {1000 * step_time / step_imgs:.1f} ms/img")
         val_acc = top1_accuracy(predict(model, val_x, device=device, channels_last=channels_last), val_c)
-        history.append({"epoch": epoch + 1, "loss": run_loss / steps_per_epoch, "val_top1": val_acc,
+        n_steps = max(k + (0 if done else 1), 1)
+        history.append({"epoch": epoch + 1, "steps": n_steps, "loss": run_loss / n_steps, "val_top1": val_acc,
                         "seconds": time.time() - t_epoch})
-        log(f"epoch {epoch + 1}/{args.epochs} loss {run_loss / steps_per_epoch:.4f} val top-1 {val_acc:.3f} "
-            f"({time.time() - t_epoch:.0f}s)")
-        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                    "history": history, "epoch": epoch, "args": vars(args)}, ckpt_dir / f"epoch_{epoch + 1:02d}.pt")
+        log(f"epoch {epoch + 1}/{args.epochs} ({n_steps} steps) loss {run_loss / n_steps:.4f} "
+            f"val top-1 {val_acc:.3f} ({time.time() - t_epoch:.0f}s)")
+        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "history": history, "epoch": epoch,
+                    "train_seconds": time.time() - t_train, "args": {k: str(v) for k, v in vars(args).items()}},
+                   ckpt_dir / f"epoch_{epoch + 1:02d}.pt")
+        epochs_done = epoch + 1
+        if done:
+            break
 
     model = model.to(memory_format=torch.contiguous_format)
     test_x, test_c = SyntheticScenes("test", args.n_test, args.seed, args.size).to_tensors()
@@ -198,9 +248,13 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "scene_seed": args.seed,
         "n_train": args.n_train,
         "n_train_pairs": args.n_train_pairs,
-        "epochs": args.epochs,
+        "epochs": epochs_done,
+        "steps": global_step,
+        "time_budget_minutes": args.minutes,
         "batch": args.batch,
-        "optimizer": f"AdamW(lr={args.lr}, weight_decay={args.wd}), OneCycleLR(pct_start=0.15)",
+        "optimizer": f"AdamW(peak lr={args.lr}, weight_decay={args.wd}); one-cycle: linear warmup over 10%, "
+                     f"cosine decay to peak/1000" + (f"; schedule driven by a {args.minutes} min time budget"
+                                                     if args.minutes > 0 else ""),
         "loss": "cross-entropy with soft targets (0.5/0.5 on two-object scenes), random h/v flips",
         "test_accuracy": top1_accuracy(test_logits, test_c),
         "test_n": args.n_test,
