@@ -1,0 +1,174 @@
+"""CAM weights and CAM explainers (Eq. 1-3).
+
+Gradient weights take ``A`` (B x C x H x W activations at a layer) and ``G`` (the
+gradient of the target logit w.r.t. ``A``) and return B x C weights; the components are
+``w * A`` and the map ``ReLU(sum_c w_c A_c)``. Layer-CAM uses pixel weights ``ReLU(G)``.
+
+    >>> cam = GradCAM(model)
+    >>> maps = cam(x, layer="features.33")          # B x h x w at that layer's resolution
+    >>> maps = cam(x, layer=[13, 23, 33])           # one forward and backward for all three
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .base import Explainer, Target, resolve_target
+from .propagate import forward
+from .rules import safe_div
+
+Tensor = torch.Tensor
+
+
+def grad_cam_weights(A: Tensor, G: Tensor) -> Tensor:
+    """Grad-CAM: ``w_c = mean_{ij} G_cij``."""
+    return G.mean((2, 3))
+
+
+def grad_cam_pp_weights(A: Tensor, G: Tensor) -> Tensor:
+    """Grad-CAM++ (closed form for an exponential score):
+    ``a = G^2 / (2 G^2 + sum_ij(A) G^3)``, ``w_c = sum_ij a ReLU(G)``."""
+    g2 = G.pow(2)
+    denom = 2 * g2 + A.sum((2, 3), keepdim=True) * g2 * G
+    alpha = torch.where(G != 0, g2 / (denom + 1e-6), torch.zeros_like(G))
+    return (alpha * G.clamp(min=0)).sum((2, 3))
+
+
+def xgrad_cam_weights(A: Tensor, G: Tensor) -> Tensor:
+    """XGrad-CAM: ``w_c = sum_ij G_cij A_cij / (sum_ij A_cij)``."""
+    return (G * A / (A.sum((2, 3), keepdim=True) + 1e-7)).sum((2, 3))
+
+
+GRADIENT_WEIGHTS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "grad_cam": grad_cam_weights,
+    "grad_cam_pp": grad_cam_pp_weights,
+    "xgrad_cam": xgrad_cam_weights,
+}
+
+
+def score_cam_weights(
+    logits_fn: Callable[[Tensor], Tensor],
+    x: Tensor,
+    A: Tensor,
+    target: Tensor,
+    variant: str = "paper",
+    batch_size: int = 8,
+    align_corners: bool = False,
+    progress: bool = False,
+) -> Tensor:
+    """Score-CAM weights, B x C.
+
+    Each channel ``A_c`` is upsampled bilinearly to the input size and min-max
+    normalised to a mask ``M_c``; the model sees ``x * M_c`` (``x`` as given, i.e.
+    normalised). ``variant="paper"``: ``w_c = softmax(f(x * M_c))_t`` (the authors'
+    code); ``variant="common"``: ``w = softmax_c(f(x * M_c)_t)`` (pytorch-grad-cam,
+    torchcam). Masked inputs go through the model ``batch_size`` at a time in one
+    reused buffer; the B x C x 3 x H x W tensor is never built.
+    """
+    if variant not in ("paper", "common"):
+        raise ValueError(f"unknown Score-CAM variant {variant!r}; use 'paper' or 'common'")
+    B, C = A.shape[:2]
+    size = x.shape[-2:]
+    scores = torch.empty(B, C, dtype=x.dtype, device=x.device)
+    buf = torch.empty((min(batch_size, C),) + tuple(x.shape[1:]), dtype=x.dtype, device=x.device)
+    chunks = [(b, k) for b in range(B) for k in range(0, C, batch_size)]
+    for b, k0 in tqdm(chunks, desc="Score-CAM masks", disable=not progress, leave=False):
+        k1 = min(k0 + batch_size, C)
+        m = F.interpolate(A[b : b + 1, k0:k1], size=size, mode="bilinear", align_corners=align_corners)[0]
+        lo = m.flatten(1).min(1).values.view(-1, 1, 1)
+        hi = m.flatten(1).max(1).values.view(-1, 1, 1)
+        m = safe_div(m - lo, (hi - lo).expand_as(m))
+        n = k1 - k0
+        torch.mul(x[b].unsqueeze(0), m.unsqueeze(1), out=buf[:n])
+        out = logits_fn(buf[:n])
+        if variant == "paper":
+            out = out.softmax(1)
+        scores[b, k0:k1] = out[:, target[b]]
+    return scores if variant == "paper" else scores.softmax(1)
+
+
+class _CAM(Explainer):
+    """CAM family at any feature layer; components ``w * A`` (or ``ReLU(G) * A``)."""
+
+    name = "CAM"
+
+    def __init__(self, model):
+        super().__init__(model)
+        self.default_layer = self.index.name(self.index.default_component_layer())
+
+    def _check_position(self, position, name):
+        self._feature_map_check(position, name, self.name)
+
+    def _components(self, A: Tensor, G: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _explain(self, x, target, positions):
+        trace = forward(self.index.layers, x, keep_from=len(self.index), keep=positions, grad_from=positions[0])
+        logits = trace.out
+        tgt = resolve_target(target, logits.detach())
+        acts = [trace.acts[p] for p in positions]
+        grads = torch.autograd.grad(logits.gather(1, tgt[:, None]).sum(), acts)
+        comps = [self._components(A.detach(), G) for A, G in zip(acts, grads)]
+        return comps, tgt, logits, None
+
+
+class GradCAM(_CAM):
+    """Grad-CAM (Selvaraju et al. 2017): weights are the spatial mean of the gradient."""
+
+    name = "Grad-CAM"
+    weight_fn = staticmethod(grad_cam_weights)
+
+    def _components(self, A, G):
+        return self.weight_fn(A, G)[:, :, None, None] * A
+
+
+class GradCAMpp(GradCAM):
+    """Grad-CAM++ (Chattopadhay et al. 2018)."""
+
+    name = "Grad-CAM++"
+    weight_fn = staticmethod(grad_cam_pp_weights)
+
+
+class XGradCAM(GradCAM):
+    """XGrad-CAM (Fu et al. 2020)."""
+
+    name = "XGrad-CAM"
+    weight_fn = staticmethod(xgrad_cam_weights)
+
+
+class LayerCAM(_CAM):
+    """Layer-CAM (Jiang et al. 2021): pixel weights ``ReLU(G)``, components ``ReLU(G) * A``."""
+
+    name = "Layer-CAM"
+
+    def _components(self, A, G):
+        return G.clamp(min=0) * A
+
+
+class ScoreCAM(_CAM):
+    """Score-CAM (Wang et al. 2020); see :func:`score_cam_weights` for ``variant``."""
+
+    name = "Score-CAM"
+
+    def __init__(self, model, variant: str = "common", batch_size: int = 16, align_corners: bool = False, progress: bool = False):
+        super().__init__(model)
+        if variant not in ("paper", "common"):
+            raise ValueError(f"unknown Score-CAM variant {variant!r}; use 'paper' or 'common'")
+        self.variant, self.batch_size, self.align_corners, self.progress = variant, batch_size, align_corners, progress
+
+    def _logits(self, x: Tensor) -> Tensor:
+        return forward(self.index.layers, x, keep_from=len(self.index)).out
+
+    def _explain(self, x, target, positions):
+        with torch.no_grad():
+            trace = forward(self.index.layers, x, keep_from=len(self.index), keep=positions)
+            tgt = resolve_target(target, trace.out)
+            comps = []
+            for p in positions:
+                A = trace.acts[p]
+                w = score_cam_weights(self._logits, x, A, tgt, self.variant, self.batch_size, self.align_corners, self.progress)
+                comps.append(w[:, :, None, None] * A)
+        return comps, tgt, trace.out, None

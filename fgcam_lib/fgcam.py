@@ -1,0 +1,181 @@
+"""FG-CAM (Eq. 2-8), its denoising, and LRP / CLRP / SGLRP on the same engine.
+
+    >>> fg = FGCAM(model, base="grad_cam", rules="paper", denoise=0.1)
+    >>> maps = fg(x, layer="input")                 # B x H x W, Eq. 8
+    >>> many = fg(x, layer=[-1, 13, 23, 33])        # one propagation for all four
+"""
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+import torch
+
+from .base import Explainer, Target, resolve_target
+from .cam import GRADIENT_WEIGHTS, score_cam_weights
+from .layers import INPUT
+from .presets import IMAGENET_MEAN, IMAGENET_STD, Preset, bind, get_preset
+from .propagate import forward, propagate
+from .rules import Rule
+
+Tensor = torch.Tensor
+
+BASES = tuple(GRADIENT_WEIGHTS) + ("score_cam",)
+
+
+def denoise_rank(fraction: float, channels: int, positions: int) -> int:
+    """Singular values kept: ``floor(fraction * min(C, K))``, at least 1 (4 for 512 x 49)."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"denoise fraction must be in (0, 1], got {fraction}")
+    return max(1, math.floor(fraction * min(channels, positions) + 1e-9))
+
+
+def denoise(components: Tensor, fraction: float, add_mean: bool = False) -> Tensor:
+    """SVD denoising of B x C x H x W components.
+
+    Per image: reshape to C x K (K = H W), subtract each row's mean, keep the top
+    ``denoise_rank(fraction, C, K)`` singular values, reshape back. The row means are
+    not added back (the authors' code) unless ``add_mean``.
+    """
+    B, C, H, W = components.shape
+    M = components.reshape(B, C, H * W)
+    mean = M.mean(2, keepdim=True)
+    U, S, Vh = torch.linalg.svd(M - mean, full_matrices=False)
+    r = denoise_rank(fraction, C, H * W)
+    out = (U[:, :, :r] * S[:, None, :r]) @ Vh[:, :r]
+    if add_mean:
+        out = out + mean
+    return out.reshape(B, C, H, W)
+
+
+class _Propagating(Explainer):
+    """Explainers that push relevance down with a rule preset."""
+
+    def __init__(
+        self,
+        model,
+        rules: str | Preset | Mapping[str, Rule] = "paper",
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ):
+        super().__init__(model)
+        self.preset = get_preset(rules, mean, std)
+        self.preset.check_keys([layer.name for layer in self.index.layers])
+
+    def _bound(self):
+        return bind(self.preset, self.index.layers)
+
+
+class FGCAM(_Propagating):
+    """FG-CAM: CAM components at the last feature layer, pushed down with LRP rules.
+
+    ``base``: "grad_cam", "score_cam", "grad_cam_pp" or "xgrad_cam" (the CAM weights of
+    Eq. 2). ``rules``: "paper" (the authors' code), "canonical", a :class:`Preset`, or a
+    dict of rules laid over the paper preset. ``denoise``: rank fraction for SVD
+    denoising (e.g. 0.1), or None. ``component_layer``: where ``I_L`` is taken (default:
+    ``features[-1]``). ``score_cam_variant``: "paper" or "common".
+    """
+
+    def __init__(
+        self,
+        model,
+        base: str = "grad_cam",
+        rules: str | Preset | Mapping[str, Rule] = "paper",
+        denoise: float | None = None,
+        component_layer: int | str | None = None,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        score_cam_variant: str = "paper",
+        batch_size: int = 8,
+        progress: bool = False,
+    ):
+        super().__init__(model, rules, mean, std)
+        if base not in BASES:
+            raise ValueError(f"unknown base {base!r}; use one of {', '.join(BASES)}")
+        if denoise is not None:
+            denoise_rank(denoise, 1, 1)  # validates the fraction
+        self.base, self.denoise = base, denoise
+        self.component_position = (
+            self.index.default_component_layer() if component_layer is None else self.index.position(component_layer)
+        )
+        if self.component_position == INPUT:
+            raise ValueError("component_layer cannot be the input")
+        self.score_cam_variant, self.batch_size, self.progress = score_cam_variant, batch_size, progress
+
+    def _check_position(self, position, name):
+        if position > self.component_position:
+            raise ValueError(
+                f"layer {name!r} is above the component layer {self.index.name(self.component_position)!r}; "
+                "FG-CAM explains at that layer or below it"
+            )
+
+    def components_at_top(self, x: Tensor, target: Target = None, keep_from: int | None = None):
+        """Step 1 (+ denoising): ``(I_L, weights, target, logits, trace)``; I_L is B x C x H x W."""
+        L = self.component_position
+        grad = self.base in GRADIENT_WEIGHTS
+        trace = forward(
+            self.index.layers, x, keep_from=L if keep_from is None else keep_from, keep=[L],
+            grad_from=L if grad else None,
+        )
+        logits = trace.out
+        tgt = resolve_target(target, logits.detach())
+        A = trace.acts[L]
+        if grad:
+            (G,) = torch.autograd.grad(logits.gather(1, tgt[:, None]).sum(), A)
+            A = A.detach()
+            w = GRADIENT_WEIGHTS[self.base](A, G)
+        else:
+            with torch.no_grad():
+                w = score_cam_weights(
+                    lambda z: forward(self.index.layers, z, keep_from=len(self.index)).out,
+                    x, A, tgt, self.score_cam_variant, self.batch_size, progress=self.progress,
+                )
+        I = w[:, :, None, None] * A
+        if self.denoise is not None:
+            I = denoise(I, self.denoise)
+        return I, w, tgt, logits.detach(), trace
+
+    def _explain(self, x, target, positions):
+        I, w, tgt, logits, trace = self.components_at_top(x, target, keep_from=positions[0])
+        with torch.no_grad():
+            R = propagate(self._bound(), trace, I, self.component_position, positions)
+        return [R[p] for p in positions], tgt, logits, w
+
+
+class LRP(_Propagating):
+    """LRP from the logits: ``R = y_t`` at the target class, 0 elsewhere (Bach et al. 2015)."""
+
+    def output_relevance(self, logits: Tensor, target: Tensor) -> Tensor:
+        onehot = torch.nn.functional.one_hot(target, logits.shape[1]).to(logits)
+        return onehot * logits
+
+    def _explain(self, x, target, positions):
+        with torch.no_grad():
+            trace = forward(self.index.layers, x, keep_from=positions[0])
+            logits = trace.out
+            tgt = resolve_target(target, logits)
+            R0 = self.output_relevance(logits, tgt)
+            R = propagate(self._bound(), trace, R0, len(self.index) - 1, positions)
+        return [R[p] for p in positions], tgt, logits, None
+
+
+class CLRP(LRP):
+    """Contrastive LRP (Gu et al. 2018): the target's relevance minus that of a dual
+    concept made of all other classes, ``R = y_t`` at t and ``-y_t / (K - 1)`` elsewhere.
+    Rules are linear in R, so this is one propagation of the contrastive output."""
+
+    def output_relevance(self, logits, target):
+        onehot = torch.nn.functional.one_hot(target, logits.shape[1]).to(logits)
+        yt = logits.gather(1, target[:, None])
+        return onehot * yt - (1 - onehot) * yt / (logits.shape[1] - 1)
+
+
+class SGLRP(LRP):
+    """Softmax-gradient LRP (Iwana et al. 2019): the output relevance is the gradient of
+    the target's softmax probability, ``y_t (1 - y_t)`` at t and ``-y_t y_n`` elsewhere."""
+
+    def output_relevance(self, logits, target):
+        p = logits.softmax(1)
+        onehot = torch.nn.functional.one_hot(target, logits.shape[1]).to(logits)
+        pt = p.gather(1, target[:, None])
+        return pt * (onehot - p)

@@ -1,0 +1,360 @@
+"""Core engine: known answers, conservation, references, batching, state, errors."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fgcam_lib import CLRP, FGCAM, LRP, SGLRP, GradCAM, GradCAMpp, LayerCAM, ScoreCAM, XGradCAM, denoise, paper
+from fgcam_lib.fgcam import denoise_rank
+from fgcam_lib.rules import AlphaBeta, Epsilon, Flat, ZBeta, ZPlus, channel_bounds, image_bounds
+
+from conftest import TinyVGG, randomize_bn
+
+
+# ----------------------------------------------------------------------------------
+# Known answers on a hand-built network
+# ----------------------------------------------------------------------------------
+def hand_net() -> nn.Sequential:
+    """x (1x1x1x4) -> conv(1x2, w=[1,-1]) -> ReLU -> conv1x1(w=[2,-1]) -> ReLU
+    -> maxpool(1x3) -> flatten -> linear([[1,5],[2,-1]])."""
+    conv1 = nn.Conv2d(1, 1, (1, 2), bias=False)
+    conv1.weight.data = torch.tensor([[[[1.0, -1.0]]]])
+    conv2 = nn.Conv2d(1, 2, 1, bias=False)
+    conv2.weight.data = torch.tensor([[[[2.0]]], [[[-1.0]]]])
+    lin = nn.Linear(2, 2, bias=False)
+    lin.weight.data = torch.tensor([[1.0, 5.0], [2.0, -1.0]])
+    return nn.Sequential(conv1, nn.ReLU(), conv2, nn.ReLU(), nn.MaxPool2d((1, 3)), nn.Flatten(), lin)
+
+
+HAND_X = torch.tensor([[[[1.0, 3.0, 2.0, 0.0]]]])
+
+
+def test_hand_net_lrp_known_answer():
+    # logits = [4, 8]; R(logit 0) = 4 -> linear z+: [4, 0] -> pool winner (index 2) -> conv2 z+: 4 at
+    # conv1's output index 2 -> z-beta with l=0, h=3 on pixels 2 and 3 (w = 1, -1):
+    # z = 2 - 0 + 3 = 5, R = 4 * [2, 3] / 5 = [1.6, 2.4].
+    net = hand_net()
+    expl = LRP(net).explain(HAND_X, target=0, layer=["input", 1])
+    assert torch.allclose(expl.logits, torch.tensor([[4.0, 8.0]]))
+    assert torch.allclose(expl.components["input"], torch.tensor([[[[0.0, 0.0, 1.6, 2.4]]]]))
+    assert torch.allclose(expl.components[1], torch.tensor([[[[0.0, 0.0, 4.0]]]]))
+
+
+def test_hand_net_fgcam_known_answer():
+    # Components at the max-pool output: Grad-CAM weights = dlogit0/dA = [1, 5], A = [4, 0] -> I = [4, 0].
+    net = hand_net()
+    expl = FGCAM(net).explain(HAND_X, target=0, layer=["input", 4])
+    assert torch.allclose(expl.weights, torch.tensor([[1.0, 5.0]]))
+    assert torch.allclose(expl.components[4].flatten(), torch.tensor([4.0, 0.0]))
+    assert torch.allclose(expl.components["input"].flatten(), torch.tensor([0.0, 0.0, 1.6, 2.4]))
+
+
+def test_hand_net_grad_cam_known_answer():
+    # At conv2's ReLU: gradients ch0 = [0, 0, 1] (pool winner), ch1 = [5, 0, 0] (ties -> first);
+    # weights = [1/3, 5/3]; A = ch0 [0, 2, 4], ch1 [0, 0, 0] -> map = [0, 2/3, 4/3].
+    net = hand_net()
+    m = GradCAM(net)(HAND_X, target=0, layer=3)
+    assert torch.allclose(m, torch.tensor([[[0.0, 2 / 3, 4 / 3]]]))
+
+
+# ----------------------------------------------------------------------------------
+# Single rules against slow float64 references (unfold, explicit sums)
+# ----------------------------------------------------------------------------------
+def reference_rule(conv: nn.Conv2d, x: torch.Tensor, R: torch.Tensor, contrib) -> torch.Tensor:
+    """R_i = fold(sum_o c_oi / sum_i c_oi * R_o) with contributions c from ``contrib``."""
+    x, R = x.double(), R.double()
+    w = conv.weight.double().flatten(1)  # O x I
+    k = conv.kernel_size
+    patches = F.unfold(x, k, padding=conv.padding, stride=conv.stride)  # B x I x L
+    c = contrib(patches[:, None], w[None, :, :, None])  # B x O x I x L
+    z = c.sum(2, keepdim=True)
+    ratio = torch.where(z == 0, torch.zeros_like(c), c / torch.where(z == 0, torch.ones_like(z), z))
+    Rp = (ratio * R.flatten(2)[:, :, None]).sum(1)
+    return F.fold(Rp, x.shape[-2:], k, padding=conv.padding, stride=conv.stride)
+
+
+@pytest.fixture()
+def conv_case():
+    torch.manual_seed(3)
+    conv = nn.Conv2d(4, 6, 3, padding=1, stride=2)
+    x = torch.randn(2, 4, 9, 9)
+    R = torch.rand(2, 6, 5, 5)
+    return conv, x, R
+
+
+def test_zplus_matches_reference(conv_case):
+    conv, x, R = conv_case
+    ref = reference_rule(
+        conv, x, R, lambda p, w: p.clamp(min=0) * w.clamp(min=0) + p.clamp(max=0) * w.clamp(max=0)
+    )
+    assert torch.allclose(ZPlus()(conv, x, R).double(), ref, rtol=1e-4, atol=1e-6)
+
+
+def test_epsilon_matches_reference(conv_case):
+    conv, x, R = conv_case
+    eps = 0.3
+    x64, R64 = x.double(), R.double()
+    w = conv.weight.double().flatten(1)
+    patches = F.unfold(x64, 3, padding=1, stride=2)
+    z = torch.einsum("oi,bil->bol", w, patches)
+    z = z + eps * torch.where(z >= 0, 1.0, -1.0).double()
+    Rp = torch.einsum("oi,bil,bol->bil", w, patches, R64.flatten(2) / z)
+    ref = F.fold(Rp, (9, 9), 3, padding=1, stride=2)
+    assert torch.allclose(Epsilon(eps)(conv, x, R).double(), ref, rtol=1e-4, atol=1e-6)
+
+
+def test_zbeta_matches_reference(conv_case):
+    conv, x, R = conv_case
+    lo, hi = image_bounds(x)
+    x64 = x.double()
+    w = conv.weight.double().flatten(1)
+    pat = lambda t: F.unfold(t.double().expand_as(x64), 3, padding=1, stride=2)  # noqa: E731
+    px, pl, ph = pat(x), pat(lo), pat(hi)
+    c = px[:, None] * w[None, :, :, None] - pl[:, None] * w.clamp(min=0)[None, :, :, None] - ph[:, None] * w.clamp(max=0)[None, :, :, None]
+    Rp = (c / c.sum(2, keepdim=True) * R.double().flatten(2)[:, :, None]).sum(1)
+    ref = F.fold(Rp, (9, 9), 3, padding=1, stride=2)
+    assert torch.allclose(ZBeta()(conv, x, R).double(), ref, rtol=1e-4, atol=1e-6)
+
+
+def test_alpha_beta_and_flat_conserve(conv_case):
+    conv, x, R = conv_case
+    x = x.clamp(min=0) + 0.1  # all z+ and z- non-zero
+    for rule in (AlphaBeta(2, 1), AlphaBeta(1, 0), Flat(), ZPlus()):
+        out = rule(conv, x, R)
+        assert torch.allclose(out.sum((1, 2, 3)), R.sum((1, 2, 3)), rtol=1e-4), rule
+    with pytest.raises(ValueError, match="alpha - beta"):
+        AlphaBeta(2, 2)
+
+
+def test_channel_bounds_are_the_normalised_pixel_range():
+    lo, hi = channel_bounds((0.5, 0.25, 0.0), (0.5, 0.25, 1.0))(torch.zeros(1, 3, 2, 2))
+    assert lo.flatten().tolist() == [-1.0, -1.0, 0.0]
+    assert hi.flatten().tolist() == [1.0, 3.0, 1.0]
+
+
+# ----------------------------------------------------------------------------------
+# Conservation
+# ----------------------------------------------------------------------------------
+def test_conservation_through_every_layer(vgg16_bn):
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    fg = FGCAM(vgg16_bn)
+    layers = ["input"] + [f"features.{i}" for i in range(44)]
+    expl = fg.explain(x, layer=layers)
+    total = expl.components["features.43"].sum((1, 2, 3))
+    for name, R in expl.components.items():
+        assert torch.allclose(R.sum((1, 2, 3)), total, rtol=1e-4), name
+
+
+def test_lrp_conserves_the_logit(tiny_vgg, images):
+    expl = LRP(tiny_vgg).explain(images, layer=["input", 13])
+    yt = expl.logits.gather(1, expl.target[:, None]).squeeze(1)
+    assert torch.allclose(expl.components["input"].sum((1, 2, 3)), yt, rtol=1e-4, atol=1e-5)
+    # CLRP's contrastive output sums to zero; SGLRP's softmax gradient too
+    for cls in (CLRP, SGLRP):
+        r = cls(tiny_vgg).explain(images, layer="input").components["input"].sum((1, 2, 3))
+        assert torch.allclose(r, torch.zeros_like(r), atol=1e-4)
+
+
+def test_bias_in_denominator_leaks_relevance(tiny_vgg, images):
+    from fgcam_lib import canonical
+
+    kept = FGCAM(tiny_vgg, rules=canonical(keep_bias=True)).explain(images, layer=["input", "features.43"])
+    plain = FGCAM(tiny_vgg, rules="canonical").explain(images, layer=["input", "features.43"])
+    top = plain.components["features.43"].sum((1, 2, 3))
+    assert torch.allclose(plain.components["input"].sum((1, 2, 3)), top, rtol=1e-4)
+    assert not torch.allclose(kept.components["input"].sum((1, 2, 3)), top, rtol=1e-2)
+
+
+# ----------------------------------------------------------------------------------
+# Presets: BN merge vs pass-through
+# ----------------------------------------------------------------------------------
+def test_merge_equals_pass_through_with_positive_bn_scales(tiny_vgg, images):
+    merged = dataclasses.replace(paper(), merge_bn=True)
+    a = FGCAM(tiny_vgg, rules="paper")(images, layer=["input", 13, 23], signed=True)
+    b = FGCAM(tiny_vgg, rules=merged)(images, layer=["input", 13, 23], signed=True)
+    for k in a:
+        assert torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6), k
+
+
+def test_negative_bn_scale_warns_and_differs(images):
+    torch.manual_seed(0)
+    model = randomize_bn(TinyVGG(), positive_scale=False).eval()
+    merged = dataclasses.replace(paper(), merge_bn=True)
+    with pytest.warns(UserWarning, match="BatchNorm scale"):
+        b = FGCAM(model, rules=merged)(images, layer=13, signed=True)
+    a = FGCAM(model, rules="paper")(images, layer=13, signed=True)
+    assert not torch.allclose(a, b, rtol=1e-3)
+
+
+def test_rule_mix_and_unknown_keys(tiny_vgg, images):
+    mixed = FGCAM(tiny_vgg, rules={"conv": Epsilon(0.25), "input": ZPlus()})
+    assert mixed(images, layer="input").shape == (3, 64, 64)
+    with pytest.raises(ValueError, match="unknown rule keys"):
+        FGCAM(tiny_vgg, rules={"convolution": ZPlus()})
+
+
+# ----------------------------------------------------------------------------------
+# Batching, dtype, many layers, denoising
+# ----------------------------------------------------------------------------------
+EXPLAINERS = {
+    "fg_grad_cam": lambda m: FGCAM(m),
+    "fg_score_cam": lambda m: FGCAM(m, base="score_cam"),
+    "fg_grad_cam_pp_denoise": lambda m: FGCAM(m, base="grad_cam_pp", denoise=0.5),
+    "fg_xgrad_cam_canonical": lambda m: FGCAM(m, base="xgrad_cam", rules="canonical"),
+    "lrp": LRP,
+    "clrp": CLRP,
+    "sglrp": SGLRP,
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPLAINERS))
+def test_batched_equals_one_by_one(name, tiny_vgg, images):
+    ex = EXPLAINERS[name](tiny_vgg)
+    target = [1, 4, 7]
+    batched = ex(images, target=target, layer=["input", 13], signed=True)
+    for i in range(len(images)):
+        single = ex(images[i : i + 1], target=target[i], layer=["input", 13], signed=True)
+        for k in batched:
+            assert torch.allclose(batched[k][i], single[k][0], rtol=1e-4, atol=1e-6), (name, k)
+
+
+@pytest.mark.parametrize("cls", [GradCAM, GradCAMpp, XGradCAM, LayerCAM, ScoreCAM])
+def test_cams_batched_equals_one_by_one(cls, tiny_vgg, images):
+    ex = cls(tiny_vgg)
+    batched = ex(images, layer=23)
+    for i in range(len(images)):
+        assert torch.allclose(batched[i], ex(images[i : i + 1], layer=23)[0], rtol=1e-4, atol=1e-6)
+
+
+def test_float32_matches_float64(tiny_vgg, images):
+    m64 = copy.deepcopy(tiny_vgg).double()
+    for make in (lambda m: FGCAM(m), lambda m: FGCAM(m, rules="canonical", denoise=0.5), LRP):
+        a = make(tiny_vgg)(images, target=2, layer=["input", 13], signed=True)
+        b = make(m64)(images.double(), target=2, layer=["input", 13], signed=True)
+        for k in a:
+            scale = b[k].abs().max()
+            assert torch.allclose(a[k].double(), b[k], atol=1e-4 * float(scale)), k
+
+
+def test_many_layers_in_one_call_equal_separate_calls(tiny_vgg, images):
+    fg = FGCAM(tiny_vgg, denoise=0.5)
+    many = fg(images, layer=[-1, 13, 23, 33])
+    for k, v in many.items():
+        assert torch.allclose(v, fg(images, layer=k), rtol=1e-5, atol=1e-7), k
+    cams = GradCAM(tiny_vgg)(images, layer=[13, 23, 33])
+    for k, v in cams.items():
+        assert torch.allclose(v, GradCAM(tiny_vgg)(images, layer=k), rtol=1e-5, atol=1e-7)
+
+
+def test_fgcam_at_component_layer_is_signed_grad_cam(tiny_vgg, images):
+    a = FGCAM(tiny_vgg)(images, layer=43)
+    b = GradCAM(tiny_vgg)(images, layer=43)
+    assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_denoise_full_rank_is_row_centred_identity():
+    I = torch.randn(2, 16, 5, 5)
+    centred = I - I.flatten(2).mean(2)[:, :, None, None]
+    assert torch.allclose(denoise(I, 1.0), centred, atol=1e-5)
+    assert denoise_rank(0.1, 512, 49) == 4
+    assert denoise_rank(0.1, 64, 16) == 1
+    low = denoise(I, 0.2)
+    assert torch.linalg.matrix_rank(low[0].flatten(1)) == denoise_rank(0.2, 16, 25)
+    with pytest.raises(ValueError):
+        denoise(I, 0.0)
+
+
+# ----------------------------------------------------------------------------------
+# Model state, hooks, independence, in-place ReLU
+# ----------------------------------------------------------------------------------
+def _hooks(model):
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules())
+
+
+def test_state_restored_after_success_and_error(images):
+    torch.manual_seed(0)
+    model = randomize_bn(TinyVGG())
+    model.train()
+    model.features[0].weight.requires_grad_(False)
+    stats = model.features[1].running_mean.clone()
+    before = _hooks(model)
+    FGCAM(model)(images)
+    with pytest.raises(ValueError, match="out of range"):
+        FGCAM(model)(images, target=99)
+    assert model.training and all(m.training for m in model.modules())
+    assert not model.features[0].weight.requires_grad and model.features[3].weight.requires_grad
+    assert torch.equal(model.features[1].running_mean, stats)
+    assert _hooks(model) == before == 0
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_two_explainers_do_not_interfere(tiny_vgg, images):
+    fg, cam = FGCAM(tiny_vgg), GradCAM(tiny_vgg)
+    a1 = fg(images, layer=13)
+    b1 = cam(images, layer=23)
+    a2 = fg(images, layer=13)
+    assert torch.equal(a1, a2)
+    assert torch.equal(b1, GradCAM(tiny_vgg)(images, layer=23))
+
+
+def test_inplace_relu_gives_same_result(tiny_vgg, images):
+    no_inplace = copy.deepcopy(tiny_vgg)
+    for m in no_inplace.modules():
+        if isinstance(m, nn.ReLU):
+            m.inplace = False
+    for make in (FGCAM, LayerCAM, LRP):
+        assert torch.allclose(make(tiny_vgg)(images), make(no_inplace)(images))
+
+
+# ----------------------------------------------------------------------------------
+# Errors
+# ----------------------------------------------------------------------------------
+def test_clear_errors(tiny_vgg, images):
+    fg = FGCAM(tiny_vgg)
+    with pytest.raises(ValueError, match="unknown layer 'features.99'.*features.13"):
+        fg(images, layer="features.99")
+    with pytest.raises(ValueError, match="outside model.features"):
+        fg(images, layer=50)
+    with pytest.raises(ValueError, match="above the component layer"):
+        fg(images, layer="classifier.1")
+    with pytest.raises(ValueError, match="not defined at the input"):
+        GradCAM(tiny_vgg)(images, layer="input")
+    with pytest.raises(ValueError, match="out of range"):
+        fg(images, target=10)
+    with pytest.raises(ValueError, match="3 images"):
+        fg(images, target=[1, 2])
+    with pytest.raises(ValueError, match="unsqueeze"):
+        fg(images[0])
+    with pytest.raises(ValueError, match="channels"):
+        fg(torch.randn(1, 1, 64, 64))
+    with pytest.raises(ValueError, match="unknown base"):
+        FGCAM(tiny_vgg, base="gradcam")
+    bad = nn.Sequential(nn.Conv2d(3, 4, 3), nn.GELU(), nn.Flatten(), nn.Linear(4, 2))
+    with pytest.raises(TypeError, match="'1' of type GELU"):
+        FGCAM(bad)
+
+
+def test_unsupported_rule_for_module_names_layer(images):
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    preset = dataclasses.replace(paper(), rules={k: v for k, v in paper().rules.items() if k != "avgpool"})
+    with pytest.raises(TypeError, match="no rule for layer '2' \\(AdaptiveAvgPool2d\\)"):
+        LRP(net, rules=preset)(images)
+
+
+def test_sequential_model_supported(images):
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(), nn.Linear(8, 5),
+    ).eval()
+    fg = FGCAM(net)
+    assert fg.index.name(fg.component_position) == "6"
+    expl = fg.explain(images, layer=["input", 3])
+    top = fg.explain(images, layer=6).components[6].sum((1, 2, 3))
+    assert torch.allclose(expl.components["input"].sum((1, 2, 3)), top, rtol=1e-4)
