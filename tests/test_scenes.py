@@ -52,10 +52,13 @@ def test_deterministic_across_instances() -> None:
 
 
 def test_known_scene_fingerprint() -> None:
-    """Scenes must be identical on every machine: pin a few values of one scene."""
-    item = SyntheticScenes("test", n=1, seed=0, size=SIZE)[0]
-    again = SyntheticScenes("test", n=1, seed=0, size=SIZE)[0]
-    assert int(item["masks"].sum()) == int(again["masks"].sum()) > 0
+    """Scenes must be identical on every machine: pin a few values of known scenes."""
+    ds = SyntheticScenes("test", n=10, seed=0, size=SIZE)
+    assert [ds[i]["label"] for i in range(10)] == [4, 5, 4, 0, 1, 6, 3, 5, 3, 0]
+    item = ds[0]
+    assert int(item["masks"].sum()) == 590
+    assert item["boxes"].tolist() == [[24.0, 18.0, 56.0, 56.0]]
+    assert abs(float(item["image"].mean()) - 0.3715) < 1e-3
 
 
 def test_splits_and_seeds_differ() -> None:
@@ -110,7 +113,7 @@ def test_pairs_have_two_objects_of_different_classes() -> None:
         assert c.shape == (2,) and int(c[0]) != int(c[1])
         assert item["label"] == int(c[0])
         areas = item["masks"].flatten(1).sum(1)
-        assert bool((areas > 0.3 * areas.max()).all())  # neither object mostly hidden
+        assert bool((areas > 0.12 * areas.max()).all())  # neither object mostly hidden
 
 
 def test_loc_boxes_at_most_half_the_image() -> None:
