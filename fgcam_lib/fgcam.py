@@ -55,10 +55,14 @@ class _Propagating(Explainer):
         self,
         model,
         rules: str | Preset | Mapping[str, Rule] = "paper",
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
     ):
         super().__init__(model)
+        # the input normalisation sets the canonical z-beta bounds: the model card's, else ImageNet's
+        card = getattr(model, "card", {}) or {}
+        mean = mean if mean is not None else card.get("mean", IMAGENET_MEAN)
+        std = std if std is not None else card.get("std", IMAGENET_STD)
         self.preset = get_preset(rules, mean, std)
         self.preset.check_keys([layer.name for layer in self.index.layers])
 
@@ -73,7 +77,9 @@ class FGCAM(_Propagating):
     Eq. 2). ``rules``: "paper" (the authors' code), "canonical", a :class:`Preset`, or a
     dict of rules laid over the paper preset. ``denoise``: rank fraction for SVD
     denoising (e.g. 0.1), or None. ``component_layer``: where ``I_L`` is taken (default:
-    ``features[-1]``). ``score_cam_variant``: "paper" or "common".
+    ``features[-1]``). ``score_cam_variant``: "paper" or "common". ``mean``/``std``: the
+    input normalisation, for the canonical z-beta bounds (default: the model's card, else
+    ImageNet's).
     """
 
     def __init__(
@@ -83,8 +89,8 @@ class FGCAM(_Propagating):
         rules: str | Preset | Mapping[str, Rule] = "paper",
         denoise: float | None = None,
         component_layer: int | str | None = None,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
         score_cam_variant: str = "paper",
         batch_size: int = 8,
         progress: bool = False,
