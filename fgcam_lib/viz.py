@@ -34,7 +34,8 @@ from matplotlib.figure import Figure, SubFigure
 __all__ = [
     "SEQUENTIAL_CMAP", "DIVERGING_CMAP", "DPI", "METHOD_LABELS",
     "upsample", "normalize_map", "colorize", "overlay", "show_map", "grid", "component_strip",
-    "singular_values_plot", "metric_plot", "save", "layer_label", "method_label", "as_image",
+    "singular_values_plot", "metric_plot", "save", "layer_label", "method_label", "as_image", "clean_axes",
+    "top_channels",
 ]
 
 #: colormap of non-negative maps (perceptually uniform; brightness grows with importance)
@@ -54,7 +55,7 @@ METHOD_LABELS: dict[str, str] = {
     "score_cam": "Score-CAM", "layer_cam": "Layer-CAM",
     "fg_cam": "FG-CAM", "fg_grad_cam": "FG-Grad-CAM", "fg_score_cam": "FG-Score-CAM",
     "fg_grad_cam_pp": "FG-Grad-CAM++", "fg_xgrad_cam": "FG-XGrad-CAM",
-    "fg_grad_cam_denoise": "FG-Grad-CAM (denoised)", "fg_score_cam_denoise": "FG-Score-CAM (denoised)",
+    "fg_grad_cam_denoise": "FG-Grad-CAM (denoising)", "fg_score_cam_denoise": "FG-Score-CAM (denoising)",
     "lrp": "LRP", "clrp": "CLRP", "sglrp": "SGLRP",
 }
 
@@ -219,7 +220,7 @@ def overlay(
 
 
 # ------------------------------------------------------------------ panels ------------
-def _clean(ax: Axes) -> None:
+def clean_axes(ax: Axes) -> None:
     """No ticks, no frame; axis labels stay visible (row labels use the y label)."""
     ax.set_xticks([])
     ax.set_yticks([])
@@ -273,7 +274,7 @@ def show_map(
         shown = upsample(m, size, mode) if size is not None else m
         ax.imshow(_to_numpy(shown), cmap=colours, norm=norm,
                   interpolation="nearest" if mode == "nearest" or size is not None else "bilinear")
-    _clean(ax)
+    clean_axes(ax)
     if title:
         ax.set_title(title, fontsize=9)
     mappable = ScalarMappable(norm=norm, cmap=colours)
@@ -411,7 +412,7 @@ def _grid_layers(imgs, maps, image_index, signed, overlay, colorbar, cmap, mode,
         if image is not None:
             if r == 0:
                 axes[r, 0].imshow(as_image(image))
-                _clean(axes[r, 0])
+                clean_axes(axes[r, 0])
                 axes[r, 0].set_title(image_titles[image_index] if image_titles else "Image", fontsize=9)
             else:
                 axes[r, 0].set_axis_off()
@@ -429,7 +430,7 @@ def _grid_layers(imgs, maps, image_index, signed, overlay, colorbar, cmap, mode,
         first.set_ylabel(method_label(method), fontsize=9)
         if not first.axison:  # the first layer is missing for this method: label the row anyway
             first.set_axis_on()
-            _clean(first)
+            clean_axes(first)
     if colorbar:
         _add_colorbars(fig, by_kind, cmap)
     if title:
@@ -454,7 +455,7 @@ def _grid_images(imgs, maps, layer, signed, overlay, colorbar, cmap, mode, alpha
         image = imgs[i] if imgs is not None else None
         if image is not None:
             axes[i, 0].imshow(as_image(image))
-            _clean(axes[i, 0])
+            clean_axes(axes[i, 0])
             if image_titles:
                 axes[i, 0].set_ylabel(image_titles[i], fontsize=9)
             if i == 0:
@@ -514,6 +515,7 @@ def component_strip(
     panel_size: float = 1.4,
     fig: Figure | SubFigure | None = None,
     title: str | None = None,
+    channel_names: Sequence[str] | None = None,
 ) -> Figure | SubFigure:
     """Per-channel explanation components of the top-``k`` channels, on one signed scale.
 
@@ -523,6 +525,7 @@ def component_strip(
     sum and (when ``weights`` are given) its weight; all panels share ``[-v, v]`` with
     ``v`` the largest ``|I|`` shown, so channels are comparable. ``image`` adds a
     leading reference panel. Draws into ``fig`` (a figure or subfigure) when given.
+    ``channel_names`` (one per channel, e.g. "RGB" at the input) replace "ch i".
 
         >>> expl = fg.explain(x, layer=13)
         >>> fig = component_strip(expl.components[13], k=8, image=x_display[0])
@@ -547,10 +550,11 @@ def component_strip(
     vmax = float(comps[chosen].abs().max()) or 1.0
     if image is not None:
         axes[0].imshow(as_image(image))
-        _clean(axes[0])
+        clean_axes(axes[0])
         axes[0].set_title("image", fontsize=8)
     for ax, c in zip(axes[lead:], chosen):
-        label = f"ch {c}\nΣ {float(comps[c].sum()):+.2g}"
+        name = channel_names[c] if channel_names is not None else f"ch {c}"
+        label = f"{name}\nΣ {float(comps[c].sum()):+.2g}"
         if w is not None:
             label += f"\nw {float(w[c]):+.2g}"
         show_map(ax, comps[c], signed=True, normalize=False, vmax=vmax, mode=mode, title=label)
