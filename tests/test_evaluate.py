@@ -216,28 +216,26 @@ def test_resume_adds_only_missing_images_and_rows(model, pre, scenes, tmp_path):
 
 # ----------------------------------------------------------------------------- summaries
 def _synthetic_rows(n: int = 30) -> pd.DataFrame:
-    """Rows for every paper method, layer and metric, with known per-image values."""
+    """Rows for the paper's methods at their layers and metrics, random per-image values."""
     rng = np.random.default_rng(0)
-    rows = []
-    for method in dict.fromkeys(PAPER_CAM_METHODS + PAPER_INPUT_METHODS):
-        for layer in ("33", "23", "13", "input"):
-            for metric in ("average_drop", "average_increase", "insertion", "deletion", "overall", "proportion"):
-                scale = 100.0 if metric.startswith("average") else 1.0
-                for i in range(n):
-                    rows.append(("d", str(i), i, 0, 0, method, layer, metric, scale * rng.random()))
+    combos = [(m, layer) for m in PAPER_CAM_METHODS for layer in ("33", "23", "13")]
+    combos += [(m, "input") for m in PAPER_INPUT_METHODS]
+    metrics = ("average_drop", "average_increase", "insertion", "deletion", "overall", "proportion")
+    rows = [("d", str(i), i, 0, 0, method, layer, metric, (100.0 if metric.startswith("average") else 1.0) * rng.random())
+            for method, layer in combos for metric in metrics for i in range(n)]
     return pd.DataFrame(rows, columns=list(COLUMNS))
 
 
 def test_summary_means_and_intervals():
     df = _synthetic_rows()
-    s = summarize(df)
+    s = summarize(df, n_resamples=500)
     assert list(s.columns) == ["mean", "ci_low", "ci_high", "n"]
     assert s.index.names == ["method", "layer", "metric"]
     assert (s["ci_low"] <= s["mean"]).all() and (s["mean"] <= s["ci_high"]).all()
     assert (s["n"] == 30).all()
     g = df[(df.method == "lrp") & (df.layer == "input") & (df.metric == "insertion")]["value"]
     assert s.loc[("lrp", "input", "insertion"), "mean"] == pytest.approx(g.mean())
-    pd.testing.assert_frame_equal(s, summarize(df))  # seeded
+    pd.testing.assert_frame_equal(s, summarize(df, n_resamples=500))  # seeded
     formatted = format_table(s)
     assert list(formatted.columns) == ["value", "n"] and " ± " in formatted["value"].iloc[0]
 
@@ -306,3 +304,29 @@ def test_cli_paper_protocol_splits_metrics(tmp_path):
 def test_cli_reports_missing_data(tmp_path, capsys):
     assert main(["--weights", "random", "--data", f"imagenet:{tmp_path / 'missing'}", "--no-progress"]) == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_runner_road_and_true_targets(model, pre, scenes):
+    df = _run(model, pre, scenes, methods=["grad_cam"], layers=[33], metrics=["road"], n=2, target="true",
+              metric_kwargs={"road": {"percentages": (0.3, 0.6)}})
+    assert set(df["metric"]) == {"road_morf", "road_lerf"} and len(df) == 4
+    assert df["value"].between(0, 1).all()
+    assert (df["target"] == df["label"]).all()
+
+
+def test_cli_plain_folder_skips_localization(tmp_path, capsys):
+    from PIL import Image
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for k in range(2):
+        Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(folder / f"im{k}.png")
+    out = tmp_path / "photos.csv"
+    argv = ["--weights", "random", "--data", str(folder), "--methods", "fg_grad_cam", "--layers", "input",
+            "--metrics", "adai,proportion", "--out", str(out), "--no-progress"]
+    assert main(argv) == 0
+    df = read_results(out)
+    assert set(df["metric"]) == {"average_drop", "average_increase"}
+    assert set(df["image_id"]) == {"im0.png", "im1.png"} and (df["label"] == -1).all()
+    assert "no boxes" in capsys.readouterr().err
