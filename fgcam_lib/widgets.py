@@ -200,6 +200,7 @@ class Explorer:
             paths; default: four benchmark scenes and the bundled photos.
         class_names: one name per class; default: the model's card or ``categories``.
         max_cached: explanations kept (least recently used dropped first).
+        display_dpi: resolution of the figure in the app (``show()``).
     """
 
     def __init__(
@@ -209,6 +210,7 @@ class Explorer:
         images: Tensor | Sequence[Any] | None = None,
         class_names: Sequence[str] | None = None,
         max_cached: int = 16,
+        display_dpi: int = 90,
     ) -> None:
         self.model, self.preprocess = model, preprocess
         self._widgets: dict[str, Any] | None = None
@@ -228,7 +230,7 @@ class Explorer:
         self.settings = Settings(layer=self.layers[-1])
         self.calls: Counter[str] = Counter()
         self.error: str | None = None
-        self.max_cached = max_cached
+        self.max_cached, self.display_dpi = max_cached, display_dpi
         self._explainers: dict[Hashable, Explainer] = {}
         self._probs: dict[int, Tensor] = {}
         self._tops: OrderedDict[Hashable, _Top] = OrderedDict()
@@ -421,6 +423,21 @@ class Explorer:
             changes["target"] = int(changes["target"])
         return replace(s, **changes)
 
+    def set(self, **changes: Any) -> Settings:
+        """Change settings without rendering; raises on invalid values. Returns the new settings.
+
+            >>> app.set(method="lrp", layer="input", signed=True)
+            >>> expl, position = app.explanation()
+        """
+        self.settings = self._apply(changes)
+        self._sync_widgets()
+        return self.settings
+
+    def current_map(self) -> Tensor:
+        """The current settings' map, h x w (Eq. 8; no ReLU when ``signed``)."""
+        expl, position = self.explanation()
+        return expl.map(position, self.settings.signed)[0]
+
     def update(
         self,
         image: Any = KEEP,
@@ -449,8 +466,7 @@ class Explorer:
                        denoise=denoise, fraction=fraction, signed=signed, k=k)
         self.error = None
         try:
-            self.settings = self._apply(changes)
-            self._sync_widgets()
+            self.set(**changes)
             expl, position = self.explanation()
             fig = self.render(expl, position)
         except USER_ERRORS as err:
@@ -512,11 +528,15 @@ class Explorer:
 
     def _class_options(self) -> list[tuple[str, int | None]]:
         top = self.top_classes(self.settings.image, 5)
+        target = self.settings.target
+        if target is not None and target not in [c for c, _, _ in top]:
+            top.append((target, self.class_names[target], float(self.probabilities()[target])))
         return [(f"predicted: {top[0][1]} ({top[0][2]:.2f})", None)] + [(f"{n} ({p:.2f})", c) for c, n, p in top]
 
     def _layer_options(self) -> list[tuple[str, int | str]]:
         out = []
-        for layer in self.layers:
+        extra = [] if self.settings.layer in self.layers else [self.settings.layer]
+        for layer in self.layers + extra:
             shape = self._shapes[self.index.position(layer)]
             out.append((f"{viz.layer_label(layer)} ({shape[-2]}x{shape[-1]})", layer))
         return out
@@ -600,7 +620,8 @@ class Explorer:
             ws["image"].options = self._image_options()
             ws["image"].value = s.image
             ws["target"].options = self._class_options()
-            ws["target"].value = s.target if s.target in [v for _, v in ws["target"].options] else None
+            ws["target"].value = s.target
+            ws["layer"].options = self._layer_options()
             for name in ("method", "base", "layer", "rules", "denoise", "signed"):
                 ws[name].value = getattr(s, name)
             ws["fraction"].options = self._fraction_options()
@@ -627,7 +648,7 @@ class Explorer:
             return
         self._widgets["message"].value = ""
         buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=90, facecolor="white")
+        fig.savefig(buf, format="png", dpi=self.display_dpi, facecolor="white")
         self._widgets["view"].value = buf.getvalue()
 
     def show(self) -> Any:
