@@ -169,27 +169,25 @@ def _hub_checkpoint_path(url: str) -> Path:
 def _load_torchvision(name: str, weights: str | os.PathLike | None) -> tuple[nn.Module, Preprocess]:
     import torchvision.models as tvm
 
-    model = getattr(tvm, name)(weights=None)
     preprocess = Preprocess(224)
     if weights == "random":
-        return model, preprocess
+        return getattr(tvm, name)(weights=None), preprocess
     enum = _torchvision_weights_enum(name)
     url = enum.url
-    candidates = [Path(weights)] if weights is not None else [_hub_checkpoint_path(url)]
-    for path in candidates:
-        if path.is_file():
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            model.load_state_dict(state)
-            model.categories = list(enum.meta["categories"])  # type: ignore[attr-defined]
-            return model, preprocess
-    where = "\n".join(f"  {p}" for p in candidates)
-    raise WeightsNotFoundError(
-        f"pretrained weights for {name!r} not found; looked at:\n{where}\n"
-        f"Download {url}\n"
-        f"and put it at {_hub_checkpoint_path(url)} (torch hub cache; TORCH_HOME moves it), "
-        f"or pass load_model({name!r}, weights='/path/to/{os.path.basename(url)}'). "
-        f"Use weights='random' for an untrained network."
-    )
+    path = Path(weights) if weights is not None else _hub_checkpoint_path(url)
+    if not path.is_file():
+        raise WeightsNotFoundError(
+            f"pretrained weights for {name!r} not found at {path}\n"
+            f"Download {url}\n"
+            f"and put it at {_hub_checkpoint_path(url)} (torch hub cache; TORCH_HOME moves it), "
+            f"or pass load_model({name!r}, weights='/path/to/{os.path.basename(url)}'). "
+            f"Use weights='random' for an untrained network.")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    with torch.device("meta"):  # skip the random init: every tensor comes from the file
+        model = getattr(tvm, name)(weights=None)
+    model.load_state_dict(state, assign=True)
+    model.categories = list(enum.meta["categories"])  # type: ignore[attr-defined]
+    return model, preprocess
 
 
 def _read_card(card_path: Path) -> dict[str, Any]:
