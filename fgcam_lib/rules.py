@@ -40,8 +40,9 @@ class _Linear:
                 raise TypeError(f"Conv2d with padding_mode={module.padding_mode!r} is not supported")
         elif not isinstance(module, nn.Linear):
             raise TypeError(f"{type(module).__name__} is not a weighted layer")
-        self.weight = module.weight
-        self.bias = module.bias
+        # relevance is not differentiated: keep rules off the autograd graph
+        self.weight = module.weight.detach()
+        self.bias = module.bias.detach() if module.bias is not None else None
 
     def forward(self, x: Tensor, w: Tensor) -> Tensor:
         m = self.module
