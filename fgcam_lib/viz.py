@@ -18,6 +18,7 @@ matplotlib and seaborn are imported here only; ``import fgcam_lib`` never loads 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence, Union
 
@@ -178,7 +179,9 @@ def _norm(signed: bool, vmax: float = 1.0, vmin: float | None = None) -> Normali
     return Normalize(-vmax, vmax) if signed else Normalize(0.0 if vmin is None else float(vmin), vmax)
 
 
-def colorize(m: ArrayLike, signed: bool = False, cmap: str | Colormap | None = None, normalize: bool = True) -> np.ndarray:
+def colorize(
+    m: ArrayLike, signed: bool = False, cmap: str | Colormap | None = None, normalize: bool = True
+) -> np.ndarray:
     """Map(s) h x w (or B x h x w) -> RGB h x w x 3 (or B x h x w x 3) float32 in [0, 1].
 
     With ``normalize`` the map is scaled by :func:`normalize_map` first; otherwise it
@@ -209,7 +212,7 @@ def overlay(
     if img.ndim == 4 and img.shape[0] > 1:
         maps = _to_tensor(map)
         if maps.dim() != 3 or maps.shape[0] != img.shape[0]:
-            raise ValueError(f"{img.shape[0]} images need B x h x w maps with B = {img.shape[0]}, got {tuple(maps.shape)}")
+            raise ValueError(f"{img.shape[0]} images need {img.shape[0]} x h x w maps, got {tuple(maps.shape)}")
         return np.stack([overlay(img[b], maps[b], alpha, cmap, signed, mode, normalize) for b in range(img.shape[0])])
     rgb = as_image(img)
     m = _to_tensor(map)
@@ -288,10 +291,6 @@ def _new_figure(figsize: tuple[float, float]) -> Figure:
     return plt.figure(figsize=figsize, layout="constrained")
 
 
-def _signed_for(signed: bool | Mapping[str, bool], method: str) -> bool:
-    return bool(signed.get(method, False)) if isinstance(signed, Mapping) else bool(signed)
-
-
 def _layers_of(tree: MapTree) -> list[Any]:
     """Union of the inner keys (layers), in first-seen order."""
     seen: list[Any] = []
@@ -315,14 +314,17 @@ def _pick_layer(value: ArrayLike | Mapping[Any, ArrayLike], layer: Any, method: 
     return None
 
 
-def _add_colorbars(fig: Figure | SubFigure, axes_by_kind: Mapping[bool, list[Axes]], cmap: str | Colormap | None) -> None:
-    """One colorbar per colour scale used (sequential and/or diverging), right of its axes."""
-    for signed, axes in axes_by_kind.items():
-        if axes:
-            cb = fig.colorbar(ScalarMappable(norm=_norm(signed), cmap=_cmap(signed, cmap)), ax=axes,
-                              shrink=0.8 if len(axes) > 2 else 0.9, aspect=30, pad=0.01)
-            cb.set_label("signed relevance (/ max |R|)" if signed else "relevance (min-max)", fontsize=8)
-            cb.ax.tick_params(labelsize=7)
+def _add_colorbars(
+    fig: Figure | SubFigure, axes_by_kind: Mapping[bool, list[Axes]], cmap: str | Colormap | None
+) -> None:
+    """One colorbar per colour scale used (sequential and/or diverging), at the figure's right edge."""
+    panels = list(fig.axes)
+    used = [signed for signed, axes in axes_by_kind.items() if axes]
+    for signed in used:
+        cb = fig.colorbar(ScalarMappable(norm=_norm(signed), cmap=_cmap(signed, cmap)), ax=panels,
+                          shrink=0.8 if len(used) == 1 else 0.6, aspect=30, pad=0.01)
+        cb.set_label("signed relevance (/ max |R|)" if signed else "relevance (min-max)", fontsize=8)
+        cb.ax.tick_params(labelsize=7)
 
 
 def _image_batch(images: ArrayLike | None) -> torch.Tensor | None:
@@ -330,6 +332,30 @@ def _image_batch(images: ArrayLike | None) -> torch.Tensor | None:
         return None
     t = _to_tensor(images)
     return t[None] if t.dim() == 3 else t
+
+
+@dataclass(frozen=True)
+class _GridStyle:
+    """How every panel of a grid is drawn."""
+
+    signed: bool | Mapping[str, bool] = False
+    overlay: bool = False
+    colorbar: bool = True
+    cmap: str | Colormap | None = None
+    mode: str = "bilinear"
+    alpha: float = 0.5
+    panel_size: float = 1.6
+
+    def is_signed(self, method: str) -> bool:
+        """Whether ``method``'s maps use the diverging colormap."""
+        if isinstance(self.signed, Mapping):
+            return bool(self.signed.get(method, False))
+        return bool(self.signed)
+
+    def figure(self, rows: int, cols: int) -> Figure:
+        """A figure sized for ``rows`` x ``cols`` panels (+ room for the colorbars)."""
+        width = self.panel_size * cols + (0.9 if self.colorbar else 0.2)
+        return _new_figure((width, self.panel_size * rows + 0.4))
 
 
 def grid(
@@ -373,73 +399,87 @@ def grid(
         raise ValueError(f"unknown layout {layout!r}; use 'layers', 'images' or 'auto'")
     if not maps:
         raise ValueError("maps is empty")
+    style = _GridStyle(signed, overlay, colorbar, cmap, mode, alpha, panel_size)
     imgs = _image_batch(images)
     if layout == "layers":
-        return _grid_layers(imgs, maps, image_index, signed, overlay, colorbar, cmap, mode, alpha, panel_size,
-                            image_titles, title)
-    return _grid_images(imgs, maps, layer, signed, overlay, colorbar, cmap, mode, alpha, panel_size, image_titles, title)
-
-
-def _display_size(imgs: torch.Tensor | None, tensors: Iterable[ArrayLike]) -> tuple[int, int]:
-    """Image size, else the largest map's size."""
-    if imgs is not None:
-        return int(imgs.shape[-2]), int(imgs.shape[-1])
-    sizes = [tuple(_to_tensor(t).shape[-2:]) for t in tensors]
-    return max(sizes, key=lambda s: s[0] * s[1])  # type: ignore[return-value]
-
-
-def _draw_cell(ax: Axes, m: ArrayLike | None, image: torch.Tensor | None, signed: bool, overlay: bool,
-               cmap: str | Colormap | None, mode: str, alpha: float, size: tuple[int, int]) -> bool:
-    """Draw one grid cell; returns False (and blanks the axes) when there is no map."""
-    if m is None:
-        ax.set_axis_off()
-        return False
-    show_map(ax, m, image if overlay else None, signed, cmap=cmap, mode=mode, alpha=alpha, size=size)
-    return True
-
-
-def _grid_layers(imgs, maps, image_index, signed, overlay, colorbar, cmap, mode, alpha, panel_size, image_titles,
-                 title) -> Figure:
-    layers = _layers_of(maps) or [None]
-    methods = list(maps)
-    lead = 1 if imgs is not None else 0
-    size = _display_size(imgs, [_pick_layer(v, layers[0], k) for k, v in maps.items() if _pick_layer(v, layers[0], k) is not None])
-    fig = _new_figure((panel_size * (len(layers) + lead) + (0.9 if colorbar else 0.2), panel_size * len(methods) + 0.4))
-    axes = np.atleast_2d(fig.subplots(len(methods), len(layers) + lead, squeeze=False))
-    image = imgs[image_index] if imgs is not None else None
-    by_kind: dict[bool, list[Axes]] = {False: [], True: []}
-    for r, method in enumerate(methods):
-        if image is not None:
-            if r == 0:
-                axes[r, 0].imshow(as_image(image))
-                clean_axes(axes[r, 0])
-                axes[r, 0].set_title(image_titles[image_index] if image_titles else "Image", fontsize=9)
-            else:
-                axes[r, 0].set_axis_off()
-        s = _signed_for(signed, method)
-        for c, lay in enumerate(layers):
-            ax = axes[r, c + lead]
-            m = _pick_layer(maps[method], lay, method) if isinstance(maps[method], Mapping) else maps[method]
-            if m is not None:
-                m = _as_2d(m, image_index) if _to_tensor(m).dim() == 3 else m
-            if _draw_cell(ax, m, image, s, overlay, cmap, mode, alpha, size):
-                by_kind[s].append(ax)
-            if r == 0 and lay is not None:
-                ax.set_title(layer_label(lay), fontsize=9)
-        first = axes[r, lead]
-        first.set_ylabel(method_label(method), fontsize=9)
-        if not first.axison:  # the first layer is missing for this method: label the row anyway
-            first.set_axis_on()
-            clean_axes(first)
-    if colorbar:
-        _add_colorbars(fig, by_kind, cmap)
+        fig = _grid_layers(imgs, maps, image_index, style, image_titles)
+    else:
+        fig = _grid_images(imgs, maps, layer, style, image_titles)
+        if title is None and layer is not None:
+            title = f"at {layer_label(layer)}"
     if title:
         fig.suptitle(title, fontsize=10)
     return fig
 
 
-def _grid_images(imgs, maps, layer, signed, overlay, colorbar, cmap, mode, alpha, panel_size, image_titles,
-                 title) -> Figure:
+def _display_size(imgs: torch.Tensor | None, tensors: Iterable[ArrayLike | None]) -> tuple[int, int]:
+    """Image size, else the largest map's size."""
+    if imgs is not None:
+        return int(imgs.shape[-2]), int(imgs.shape[-1])
+    sizes = [tuple(_to_tensor(t).shape[-2:]) for t in tensors if t is not None]
+    return max(sizes, key=lambda s: s[0] * s[1])  # type: ignore[return-value]
+
+
+def _one_map(m: ArrayLike | None, index: int) -> ArrayLike | None:
+    """Map ``index`` of a B x h x w batch (an h x w map as it is)."""
+    if m is None:
+        return None
+    return _as_2d(m, index) if _to_tensor(m).dim() == 3 else m
+
+
+def _draw_cell(ax: Axes, m: ArrayLike | None, image: torch.Tensor | None, signed: bool, style: _GridStyle,
+               size: tuple[int, int]) -> bool:
+    """Draw one grid cell; returns False (and blanks the axes) when there is no map."""
+    if m is None:
+        ax.set_axis_off()
+        return False
+    show_map(ax, m, image if style.overlay else None, signed, cmap=style.cmap, mode=style.mode, alpha=style.alpha,
+             size=size)
+    return True
+
+
+def _draw_image(ax: Axes, image: torch.Tensor) -> None:
+    ax.imshow(as_image(image))
+    clean_axes(ax)
+
+
+def _grid_layers(imgs: torch.Tensor | None, maps: MapTree, image_index: int, style: _GridStyle,
+                 image_titles: Sequence[str] | None) -> Figure:
+    """Figure 1: methods as rows, layers as columns, one image."""
+    layers = _layers_of(maps) or [None]
+    methods = list(maps)
+    lead = 1 if imgs is not None else 0
+    size = _display_size(imgs, [_pick_layer(v, layers[0], k) for k, v in maps.items()])
+    fig = style.figure(len(methods), len(layers) + lead)
+    axes = fig.subplots(len(methods), len(layers) + lead, squeeze=False)
+    image = imgs[image_index] if imgs is not None else None
+    by_kind: dict[bool, list[Axes]] = {False: [], True: []}
+    for r, method in enumerate(methods):
+        if image is not None and r == 0:
+            _draw_image(axes[0, 0], image)
+            axes[0, 0].set_title(image_titles[image_index] if image_titles else "Image", fontsize=9)
+        elif image is not None:
+            axes[r, 0].set_axis_off()
+        signed = style.is_signed(method)
+        for c, lay in enumerate(layers):
+            ax = axes[r, c + lead]
+            if _draw_cell(ax, _one_map(_pick_layer(maps[method], lay, method), image_index), image, signed, style, size):
+                by_kind[signed].append(ax)
+            if r == 0 and lay is not None:
+                ax.set_title(layer_label(lay), fontsize=9)
+        first = axes[r, lead]
+        if not first.axison:  # the first layer is missing for this method: label the row anyway
+            first.set_axis_on()
+            clean_axes(first)
+        first.set_ylabel(method_label(method), fontsize=9)
+    if style.colorbar:
+        _add_colorbars(fig, by_kind, style.cmap)
+    return fig
+
+
+def _grid_images(imgs: torch.Tensor | None, maps: MapTree, layer: Any, style: _GridStyle,
+                 image_titles: Sequence[str] | None) -> Figure:
+    """Figures 3 and 4: images as rows, methods as columns, one layer."""
     methods = list(maps)
     picked = {k: _pick_layer(v, layer, k) for k, v in maps.items()}
     present = [_to_tensor(v) for v in picked.values() if v is not None]
@@ -448,31 +488,25 @@ def _grid_images(imgs, maps, layer, signed, overlay, colorbar, cmap, mode, alpha
     n = imgs.shape[0] if imgs is not None else (present[0].shape[0] if present[0].dim() == 3 else 1)
     lead = 1 if imgs is not None else 0
     size = _display_size(imgs, present)
-    fig = _new_figure((panel_size * (len(methods) + lead) + (0.9 if colorbar else 0.2), panel_size * n + 0.4))
+    fig = style.figure(n, len(methods) + lead)
     axes = fig.subplots(n, len(methods) + lead, squeeze=False)
     by_kind: dict[bool, list[Axes]] = {False: [], True: []}
     for i in range(n):
         image = imgs[i] if imgs is not None else None
         if image is not None:
-            axes[i, 0].imshow(as_image(image))
-            clean_axes(axes[i, 0])
+            _draw_image(axes[i, 0], image)
             if image_titles:
                 axes[i, 0].set_ylabel(image_titles[i], fontsize=9)
             if i == 0:
                 axes[i, 0].set_title("Image", fontsize=9)
         for c, method in enumerate(methods):
-            s = _signed_for(signed, method)
-            m = picked[method]
-            m = None if m is None else (_as_2d(m, i) if _to_tensor(m).dim() == 3 else m)
-            if _draw_cell(axes[i, c + lead], m, image, s, overlay, cmap, mode, alpha, size):
-                by_kind[s].append(axes[i, c + lead])
+            signed = style.is_signed(method)
+            if _draw_cell(axes[i, c + lead], _one_map(picked[method], i), image, signed, style, size):
+                by_kind[signed].append(axes[i, c + lead])
             if i == 0:
                 axes[i, c + lead].set_title(method_label(method), fontsize=9)
-    if colorbar:
-        _add_colorbars(fig, by_kind, cmap)
-    suffix = f" at {layer_label(layer)}" if layer is not None and title is None else ""
-    if title or suffix:
-        fig.suptitle(title or suffix.strip(), fontsize=10)
+    if style.colorbar:
+        _add_colorbars(fig, by_kind, style.cmap)
     return fig
 
 

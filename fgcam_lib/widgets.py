@@ -181,6 +181,11 @@ def _as_image_tensor(image: Any) -> Tensor:
     return t.float() / 255.0 if t.dtype == torch.uint8 else t.float()
 
 
+def _default_name(image: Any, i: int) -> str:
+    """A path's file name, else ``"image i"``."""
+    return Path(image).name if isinstance(image, (str, Path)) else f"image {i}"
+
+
 def _error_figure(message: str) -> Figure:
     """A small figure that shows ``message`` (the headless form of the error area)."""
     fig = Figure(figsize=(8, 1.6))
@@ -219,7 +224,7 @@ class Explorer:
         self.device = next(model.parameters()).device
         self.images: list[tuple[str, Tensor]] = []
         for i, item in enumerate(_default_images(preprocess.size) if images is None else images):
-            name, img = item if isinstance(item, tuple) else (Path(item).name if isinstance(item, (str, Path)) else f"image {i}", item)
+            name, img = item if isinstance(item, tuple) else (_default_name(item, i), item)
             self.add_image(img, name)
         if not self.images:
             raise ValueError("Explorer needs at least one image")
@@ -243,7 +248,7 @@ class Explorer:
         An image with a name already present replaces nothing: its index is returned.
         """
         if name is None:
-            name = Path(image).name if isinstance(image, (str, Path)) else f"image {len(self.images)}"
+            name = _default_name(image, len(self.images))
         for i, (known, _) in enumerate(self.images):
             if known == name:
                 return i
