@@ -263,8 +263,8 @@ def show_map(
     colour scale is ``[min, max]`` / ``[-vmax, vmax]`` of the data unless ``vmax`` is
     given. Returns the mappable, for a shared colorbar.
     """
-    m = _as_2d(map)
-    m = _to_tensor(normalize_map(m, signed)) if normalize else m
+    raw = _as_2d(map)
+    m = _to_tensor(normalize_map(raw, signed)) if normalize else raw
     if vmax is None:
         vmax = 1.0 if normalize else float(m.abs().max() if signed else m.max())
     norm = _norm(signed, vmax, None if (normalize or signed) else float(m.min()))
@@ -280,10 +280,21 @@ def show_map(
     clean_axes(ax)
     if title:
         ax.set_title(title, fontsize=9)
+    note = _flat_note(raw)
+    if note:  # say so instead of leaving a blank panel unexplained
+        ax.text(0.5, 0.5, note, transform=ax.transAxes, ha="center", va="center", fontsize=8, color="0.6")
     mappable = ScalarMappable(norm=norm, cmap=colours)
     if colorbar:
         ax.figure.colorbar(mappable, ax=ax, fraction=0.046, pad=0.03, shrink=0.9)
     return mappable
+
+
+def _flat_note(m: torch.Tensor) -> str:
+    """"all zero" / "constant" for maps with nothing to show, else ""."""
+    finite = torch.nan_to_num(m, nan=0.0, posinf=0.0, neginf=0.0)
+    if not bool((finite != 0).any()):
+        return "all zero"
+    return "constant" if float(finite.max() - finite.min()) == 0 else ""
 
 
 def _new_figure(figsize: tuple[float, float]) -> Figure:

@@ -129,6 +129,13 @@ def test_show_map_with_image_and_colorbar():
     assert ax.images[0].get_array().shape[:2] == (16, 16)
 
 
+def test_show_map_labels_all_zero_panels():
+    fig, (a, b) = plt.subplots(1, 2)
+    viz.show_map(a, torch.zeros(4, 4))
+    viz.show_map(b, torch.rand(4, 4))
+    assert [t.get_text() for t in a.texts] == ["all zero"] and not b.texts
+
+
 def test_grid_figure1_layout_methods_by_layers(tmp_path):
     img = torch.rand(1, 3, 32, 32)
     maps = {
