@@ -39,7 +39,9 @@ from .layers import INPUT, LayerIndex
 from .presets import bind
 from .propagate import Trace, eval_mode, forward, propagate
 
-__all__ = ["Explorer", "Settings", "METHODS", "RULES", "parse_method", "pool_layers", "fraction_choices"]
+__all__ = [
+    "Explorer", "ExplorerFigure", "Settings", "METHODS", "RULES", "parse_method", "pool_layers", "fraction_choices",
+]
 
 Tensor = torch.Tensor
 
@@ -181,14 +183,32 @@ def _as_image_tensor(image: Any) -> Tensor:
     return t.float() / 255.0 if t.dtype == torch.uint8 else t.float()
 
 
+class ExplorerFigure(Figure):
+    """A Figure that Jupyter shows as PNG without a pyplot backend (``update()``'s return value).
+
+    Not registered with pyplot, so moving a slider a thousand times leaves nothing open.
+    """
+
+    display_dpi: int = 90
+
+    def png(self, dpi: int | None = None) -> bytes:
+        """The figure as PNG bytes."""
+        buf = io.BytesIO()
+        self.savefig(buf, format="png", dpi=dpi or self.display_dpi, facecolor="white")
+        return buf.getvalue()
+
+    def _repr_png_(self) -> bytes:
+        return self.png()
+
+
 def _default_name(image: Any, i: int) -> str:
     """A path's file name, else ``"image i"``."""
     return Path(image).name if isinstance(image, (str, Path)) else f"image {i}"
 
 
-def _error_figure(message: str) -> Figure:
+def _error_figure(message: str) -> ExplorerFigure:
     """A small figure that shows ``message`` (the headless form of the error area)."""
-    fig = Figure(figsize=(8, 1.6))
+    fig = ExplorerFigure(figsize=(8, 1.6))
     fig.text(0.02, 0.5, message, color="#a00", fontsize=10, va="center", wrap=True)
     return fig
 
@@ -457,7 +477,7 @@ class Explorer:
         k: Any = KEEP,
         *,
         raise_errors: bool = False,
-    ) -> Figure:
+    ) -> ExplorerFigure:
         """Change settings (those given) and render; returns the Figure.
 
         ``image``: index, name, file path or a 3 x H x W tensor; ``target``: class index or
@@ -499,14 +519,15 @@ class Explorer:
         return (f"{self.images[s.image][0]} · {what} · {viz.layer_label(s.layer)} · "
                 f"class {self.class_names[target]} (p={p:.2f})" + (" · signed" if s.signed else ""))
 
-    def render(self, expl: Explanation, position: int, s: Settings | None = None) -> Figure:
+    def render(self, expl: Explanation, position: int, s: Settings | None = None) -> ExplorerFigure:
         """The explorer's figure: image, overlay, map, (SVD spectrum), component strip."""
         s = self.settings if s is None else s
         image = self.display_image(s.image)
         comps = expl.components[position]
         m = comps.sum(1)[0]
         m = m if s.signed else m.clamp(min=0)
-        fig = Figure(figsize=(11.5, 6.4), layout="constrained")
+        fig = ExplorerFigure(figsize=(11.5, 6.4), layout="constrained")
+        fig.display_dpi = self.display_dpi
         upper, lower = fig.subfigures(2, 1, height_ratios=[1.3, 1.0])
         has_svd = s.method == "fg_cam"
         axes = upper.subplots(1, 4 if has_svd else 3, width_ratios=[1, 1, 1, 1.25] if has_svd else None)
@@ -644,7 +665,7 @@ class Explorer:
 
             self._widgets["message"].value = f"<span style='color:#a00'>{html.escape(text)}</span>"
 
-    def _show_result(self, fig: Figure) -> None:
+    def _show_result(self, fig: ExplorerFigure) -> None:
         """Put the figure (or the error message) into the app's output area, if shown."""
         if self._widgets is None:
             return
@@ -652,9 +673,7 @@ class Explorer:
             self._show_message(self.error)
             return
         self._widgets["message"].value = ""
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=self.display_dpi, facecolor="white")
-        self._widgets["view"].value = buf.getvalue()
+        self._widgets["view"].value = fig.png(self.display_dpi)
 
     def show(self) -> Any:
         """Build the controls (once) and return the app widget; in a notebook it displays itself."""

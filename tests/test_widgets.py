@@ -78,9 +78,10 @@ SETTINGS = [
 
 @pytest.mark.parametrize("settings", SETTINGS, ids=lambda s: "-".join(str(v) for v in s.values()))
 def test_update_renders_figure(app, settings):
+    open_before = plt.get_fignums()
     fig = app.update(**settings)
     assert app.error is None, app.error
-    assert isinstance(fig, Figure)
+    assert isinstance(fig, Figure) and plt.get_fignums() == open_before  # not left open in pyplot
     n_top = 4 if app.settings.method == "fg_cam" else 3
     assert len(fig.axes) >= n_top + 2  # top row + colorbar + at least one component and its colorbar
     title = fig._suptitle.get_text()
@@ -142,6 +143,7 @@ def test_invalid_combination_shows_message(app):
     fig = app.update(method="grad_cam", layer="input")
     assert app.error is not None and "input" in app.error and "Traceback" not in app.error
     assert isinstance(fig, Figure) and any("input" in t.get_text() for t in fig.texts)
+    assert fig._repr_png_()[:4] == b"\x89PNG"  # what Jupyter shows for update()'s return value
     with pytest.raises(ValueError):
         app.update(raise_errors=True)
     app.update(layer=13)
