@@ -274,7 +274,12 @@ class Explorer:
                 return i
         self.images.append((name, _as_image_tensor(image)))
         if self._widgets is not None:
-            self._widgets["image"].options = self._image_options()
+            self._syncing = True
+            try:
+                self._widgets["image"].options = self._image_options()
+                self._widgets["image"].value = self.settings.image
+            finally:
+                self._syncing = False
         return len(self.images) - 1
 
     def _image_index(self, image: Any) -> int:

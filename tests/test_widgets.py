@@ -1,6 +1,8 @@
 """Tests for the explorer's headless render path, caching, class list, errors and images."""
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 import matplotlib
 
 matplotlib.use("agg")
@@ -17,6 +19,19 @@ from fgcam_lib.scenes import CLASSES, SyntheticScenes  # noqa: E402
 from fgcam_lib.widgets import Explorer, fraction_choices, parse_method, pool_layers  # noqa: E402
 
 SIZE = 64  # the bundled layout at 64 px: a 2 x 2 map at layer 43
+
+
+def _png_bytes() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.full((20, 30, 3), 128, dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+PNG = _png_bytes()
 
 
 @pytest.fixture(autouse=True)
@@ -247,3 +262,11 @@ def test_show_builds_controls_that_drive_update(model_and_images):
     assert ws["image"].value == 1 and ws["target"].value == 7 and ws["rules"].disabled is False
     ws["image"].value = 0  # a new image: its own top-5, the predicted class again
     assert app.settings.image == 0 and ws["target"].value is None
+    n = app.add_image(torch.rand(3, 40, 40), "noise")  # listed, not selected
+    assert ws["image"].options[-1] == ("noise", n) and ws["image"].value == 0 and app.settings.image == 0
+    ws["upload"].value = ({"name": "up.png", "type": "image/png", "size": len(PNG), "content": memoryview(PNG),
+                           "last_modified": datetime.now(timezone.utc)},)
+    assert app.images[app.settings.image][0] == "up.png" and ws["image"].value == app.settings.image
+    ws["upload"].value = ({"name": "bad.png", "type": "image/png", "size": 3, "content": memoryview(b"abc"),
+                           "last_modified": datetime.now(timezone.utc)},)
+    assert "bad.png" in ws["message"].value
