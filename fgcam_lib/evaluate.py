@@ -46,7 +46,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -537,9 +537,29 @@ def _validate(methods: Sequence[str], metrics: Sequence[str]) -> None:
         raise ValueError(f"unknown metrics {bad}; valid: {', '.join(METRIC_GROUPS)}")
 
 
-def _evaluate_batch(model, preprocess, dataset, indices, ids, device, explainers, plan, groups, missing,
-                    target, seed, metric_batch_size, metric_kwargs, data_name, timing) -> dict[str, list]:
-    """Maps and metrics of one batch, only for the (image, method, layer, group) still missing."""
+def _evaluate_batch(
+    model: nn.Module,
+    preprocess: Any,
+    dataset: Any,
+    indices: Sequence[int],
+    ids: Sequence[str],
+    device: torch.device,
+    explainers: Mapping[str, Any],
+    plan: Mapping[str, Sequence[str]],
+    groups: Sequence[str],
+    missing: Callable[[str, str, str, str], bool],
+    target: str,
+    seed: int,
+    metric_batch_size: int,
+    metric_kwargs: Mapping[str, Mapping[str, Any]],
+    data_name: str,
+    timing: Throughput,
+) -> dict[str, list]:
+    """Maps and metrics of one batch (B images), only for the (image, method, layer, group) still missing.
+
+    One clean forward pass (B x K logits), one blurred baseline (B x 3 x S x S) and one
+    explainer call per method (all its missing layers); returns tidy-row columns.
+    """
     batch = load_batch(dataset, indices, ids, preprocess, device)
     with torch.no_grad():
         logits = model(batch.x)
