@@ -15,7 +15,7 @@ $(VENV_STAMP): pyproject.toml
 	touch $(VENV_STAMP)
 
 test: venv
-	MPLBACKEND=agg FGCAM_QUICK=1 $(PY) -m pytest -q tests $(wildcard notebooks/*.ipynb) $(if $(wildcard notebooks/*.ipynb),--nbval-lax -p legacypath,)
+	MPLBACKEND=agg FGCAM_QUICK=1 $(PY) -m pytest -q tests $(wildcard notebooks/*.ipynb) $(if $(wildcard notebooks/*.ipynb),--nbval-lax,)
 
 test-lib: venv
 	MPLBACKEND=agg $(PY) -m pytest -q tests
