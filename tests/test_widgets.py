@@ -16,7 +16,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from fgcam_lib import FGCAM, LRP, GradCAM  # noqa: E402
 from fgcam_lib.models import BundledVGG, Preprocess  # noqa: E402
 from fgcam_lib.scenes import CLASSES, SyntheticScenes  # noqa: E402
-from fgcam_lib.widgets import Explorer, fraction_choices, parse_method, pool_layers  # noqa: E402
+from fgcam_lib.widgets import Explorer, ExplorerFigure, fraction_choices, parse_method, pool_layers  # noqa: E402
 
 SIZE = 64  # the bundled layout at 64 px: a 2 x 2 map at layer 43
 
@@ -229,7 +229,7 @@ def test_image_from_file_path(model_and_images, tmp_path):
     assert app.display_image().shape == (3, SIZE, SIZE)
     assert isinstance(fig, Figure)
     n = len(app.images)
-    app.update(image=str(path))  # loading the same file again reuses it
+    app.set(image=str(path))  # loading the same file again reuses it
     assert len(app.images) == n
     app.update(image=str(tmp_path / "missing.png"))
     assert app.error and "missing.png" in app.error
@@ -243,16 +243,18 @@ def test_images_as_batch_tensor(model_and_images):
 
 
 # ------------------------------------------------------------------ widgets
-def test_show_builds_controls_that_drive_update(model_and_images):
+def test_show_builds_controls_that_drive_update(model_and_images, monkeypatch):
     pytest.importorskip("ipywidgets")
     model, pre, images = model_and_images
     app = Explorer(model, pre, images=images, class_names=CLASSES, display_dpi=40)
+    app.set(k=2)  # a light figure: this test is about the controls
     ui = app.show()
     ws = app._widgets
     assert ui is not None and ws is not None
     assert [v for _, v in ws["layer"].options] == [43, 33, 23, 13, 6, "input"]
     assert len(ws["target"].options) == 6  # "predicted" + the top 5
     assert ws["view"].value[:4] == b"\x89PNG"
+    monkeypatch.setattr(ExplorerFigure, "png", lambda self, dpi=None: b"\x89PNG stub")  # skip drawing from here on
     ws["method"].value = "grad_cam"  # at the input: a message, no traceback
     assert "input" in ws["message"].value and app.error
     ws["layer"].value = 33
