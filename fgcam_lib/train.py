@@ -84,14 +84,25 @@ def one_cycle(progress: float, peak: float, warmup: float = 0.1, start_div: floa
 
 
 def scenes_tensors(split: str, n: int, seed: int, size: int, cache: Path | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``SyntheticScenes(split, n, seed, size).to_tensors()``, cached under ``cache`` if given."""
-    path = cache / f"{split}_{n}_{seed}_{size}.pt" if cache is not None else None
-    if path is not None and path.is_file():
-        blob = torch.load(path, weights_only=True)
-        return blob["images"], blob["classes"]
-    images, classes = SyntheticScenes(split, n, seed, size).to_tensors()
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    """``SyntheticScenes(split, n, seed, size).to_tensors()``, cached under ``cache`` if given.
+
+    A cached file of the same split, seed and size with more scenes is sliced; one with
+    fewer is extended (scene i does not depend on n).
+    """
+    if cache is None:
+        return SyntheticScenes(split, n, seed, size).to_tensors()
+    path = cache / f"{split}_{n}_{seed}_{size}.pt"
+    found = sorted(cache.glob(f"{split}_*_{seed}_{size}.pt"), key=lambda q: -int(q.name.split("_")[-3]))
+    found = [q for q in found if q.name.split("_")[-3].isdigit() and q.name.startswith(split + "_")
+             and q.name[len(split) + 1:].split("_")[0].isdigit()]
+    images, classes = torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.long)
+    if found:
+        blob = torch.load(found[0], weights_only=True)
+        images, classes = blob["images"][:n], blob["classes"][:n]
+    if len(images) < n:
+        more_x, more_c = SyntheticScenes(split, n, seed, size).to_tensors(start=len(images))
+        images, classes = torch.cat([images, more_x]), torch.cat([classes, more_c])
+        cache.mkdir(parents=True, exist_ok=True)
         torch.save({"images": images, "classes": classes}, path)
     return images, classes
 
@@ -120,6 +131,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", type=Path, default=BUNDLED_CHECKPOINT, help="checkpoint path (.pt); card = .json")
     p.add_argument("--ckpt-dir", type=Path, default=None, help="per-epoch checkpoints (default: <out>.epochs/)")
+    p.add_argument("--init", type=Path, default=None,
+                   help="start from the weights of this bundled checkpoint (fine-tuning; new schedule)")
     p.add_argument("--resume", type=Path, default=None, help="per-epoch checkpoint to continue from")
     p.add_argument("--tiny", action="store_true", help="tiny run for tests: a few scenes, one epoch, 32 px")
     args = p.parse_args(argv)
@@ -178,6 +191,13 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         t_train -= state.get("train_seconds", 0.0)
         log(f"resumed from {args.resume} at epoch {first_epoch}")
 
+    prior: dict[str, Any] = {}
+    if args.init is not None:
+        blob = torch.load(args.init, map_location=device, weights_only=True)
+        model.load_state_dict(blob["state_dict"])
+        prior = {k: blob["card"].get(k) for k in ("n_train", "n_train_pairs", "epochs", "steps", "optimizer",
+                                                   "history", "test_accuracy", "pairs_top2", "wall_seconds")}
+        log(f"initialised from {args.init}")
     gen = torch.Generator().manual_seed(args.seed)
     step_time, step_imgs, global_step, done = 0.0, 0, first_epoch * steps_per_epoch, False
     epochs_done = first_epoch
@@ -266,6 +286,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "ms_per_image_step": 1000 * step_time / max(step_imgs, 1),
         "wall_seconds": time.time() - t_start,
         "torch": str(torch.__version__),
+        "fine_tuned_from": prior or None,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"state_dict": model.cpu().state_dict(), "card": card}, args.out)
