@@ -38,7 +38,8 @@ def run(path: str | Path, save: bool = True, timeout: int = 1800) -> float:
     """Execute in a fresh kernel with the notebook's folder as working directory."""
     path = Path(path)
     nb = nbformat.read(str(path), as_version=4)
-    os.environ.setdefault("MPLBACKEND", "agg")
+    if save:
+        os.environ.pop("MPLBACKEND", None)  # saved notebooks show their figures inline
     t0 = time.time()
     NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
     if save:
