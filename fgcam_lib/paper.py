@@ -1,0 +1,565 @@
+"""The paper's published numbers (Tables 1-6) as data, and helpers to set ours beside them.
+
+Every number below is copied from the FG-CAM paper (Qiu, Jin, Zhang: "Empowering
+CAM-based Methods with Capability to Generate Fine-Grained and High-Faithfulness
+Explanations"), VGG16-BN on ILSVRC2012 val; the table each one comes from is named
+where it is defined. Keys follow the rest of the library: method names of
+:mod:`fgcam_lib.methods`, layers ``"33"``, ``"23"``, ``"13"``, ``"input"``, metric
+rows of :mod:`fgcam_lib.evaluate` (``average_drop`` ... ``proportion``). A.D. and A.I.
+are in percent, as the paper prints them and as :func:`fgcam_lib.evaluate.run_evaluation`
+stores them.
+
+    >>> from fgcam_lib.paper import published, compare_table, check_claims, CLAIMS
+    >>> published(table=2).head()                  # tidy: table, method, layer, metric, value
+    >>> compare_table(df, table=2)                  # paper vs ours (mean, CI, n) per cell
+    >>> check_claims(df)                            # which of the paper's orderings hold here
+
+pandas and scipy are imported inside the functions that need them.
+"""
+from __future__ import annotations
+
+import hashlib
+import sys
+import types
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from .methods import PAPER_CAM_METHODS, PAPER_INPUT_METHODS, label
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from torch import nn
+
+__all__ = [
+    "SOURCE", "PROTOCOL", "LOWER_IS_BETTER", "TABLE_SOURCES", "TABLES",
+    "Claim", "CLAIMS", "published", "published_value", "published_wide", "compare_table", "format_comparison",
+    "check_claims", "pairwise_agreement", "model_fingerprint", "results_path", "stored_prefix",
+]
+
+SOURCE = ("Qiu, Jin, Zhang. Empowering CAM-based Methods with Capability to Generate Fine-Grained "
+          "and High-Faithfulness Explanations (FG-CAM)")
+
+#: the paper's experimental set-up ("Experiment" section)
+PROTOCOL: dict[str, Any] = {
+    "model": "VGG-16 with batch normalization (PyTorch model zoo)",
+    "data": "ILSVRC2012 val",
+    "input": "224 x 224 x 3, [0, 1], ImageNet mean/std",
+    "faithfulness_images": 2000,           # Tables 1, 2, 4, 5: random val images
+    "localization_images": 500,            # Tables 3, 6: one box, box <= 50% of the image
+    "blur_kernel": 51,
+    "blur_sigma": 50,
+    "insdel_pixels_per_step": 448,
+    "adai_kept_fraction": 0.5,
+    "rules": "z-beta at the input layer, z+ elsewhere",
+}
+
+#: metrics where a lower value is better (every other one: higher is better)
+LOWER_IS_BETTER: frozenset[str] = frozenset({"average_drop", "deletion"})
+
+_L = ("33", "23", "13")
+_CAM = PAPER_CAM_METHODS     # grad_cam, fg_grad_cam, fg_grad_cam_denoise, score_cam, fg_score_cam,
+                             # fg_score_cam_denoise, layer_cam: the column order of Tables 2 and 3
+_INP = PAPER_INPUT_METHODS   # lrp, clrp, sglrp, fg_grad_cam, fg_grad_cam_denoise, fg_score_cam,
+                             # fg_score_cam_denoise: the column order of Tables 4-6
+
+# Table 1 of the paper: "The results of the faithfulness evaluation" (A.D., A.I. in percent);
+# method -> layer -> (A.D., A.I.)
+_TABLE1: dict[str, dict[str, tuple[float, float]]] = {
+    "grad_cam":             {"33": (44.53, 18.85), "23": (72.89, 5.10), "13": (83.80, 3.25)},
+    "fg_grad_cam":          {"33": (18.69, 34.90), "23": (19.55, 33.45), "13": (19.65, 32.35)},
+    "fg_grad_cam_denoise":  {"33": (18.00, 33.85), "23": (17.75, 33.55), "13": (17.90, 34.00)},
+    "score_cam":            {"33": (32.63, 21.60), "23": (51.24, 13.80), "13": (57.06, 12.00)},
+    "fg_score_cam":         {"33": (21.13, 29.15), "23": (22.63, 27.15), "13": (23.50, 25.85)},
+    "fg_score_cam_denoise": {"33": (19.19, 31.70), "23": (18.99, 32.00), "13": (19.24, 30.50)},
+    "layer_cam":            {"33": (24.25, 26.80), "23": (27.32, 24.50), "13": (30.76, 24.40)},
+}
+
+# Table 2 of the paper: "Results of deletion/insertion tests"; layer -> metric -> values in
+# the column order of PAPER_CAM_METHODS
+_TABLE2: dict[str, dict[str, tuple[float, ...]]] = {
+    "33": {
+        "insertion": (0.43920, 0.60214, 0.60247, 0.51428, 0.58202, 0.59716, 0.56566),
+        "deletion":  (0.15392, 0.09640, 0.11108, 0.11988, 0.10196, 0.11198, 0.09997),
+        "overall":   (0.28528, 0.50574, 0.49139, 0.39440, 0.48006, 0.48518, 0.46569),
+    },
+    "23": {
+        "insertion": (0.30033, 0.59217, 0.60248, 0.39734, 0.57210, 0.59676, 0.54096),
+        "deletion":  (0.19113, 0.09459, 0.11378, 0.14254, 0.09985, 0.11403, 0.09333),
+        "overall":   (0.10920, 0.49758, 0.48870, 0.25480, 0.47225, 0.48273, 0.44763),
+    },
+    "13": {
+        "insertion": (0.23266, 0.58630, 0.59976, 0.36485, 0.56570, 0.59341, 0.51348),
+        "deletion":  (0.16850, 0.09256, 0.11421, 0.15037, 0.09774, 0.11435, 0.08469),
+        "overall":   (0.06416, 0.49374, 0.48555, 0.21448, 0.46796, 0.47906, 0.42879),
+    },
+}
+
+# Table 3 of the paper: "Comparative evaluation on localization ability" (Proportion);
+# layer -> values in the column order of PAPER_CAM_METHODS
+_TABLE3: dict[str, tuple[float, ...]] = {
+    "33": (0.32417, 0.51458, 0.66736, 0.35646, 0.57161, 0.68256, 0.49272),
+    "23": (0.31645, 0.50995, 0.65744, 0.28588, 0.56192, 0.67233, 0.49854),
+    "13": (0.30760, 0.50861, 0.65472, 0.29219, 0.56001, 0.66959, 0.48238),
+}
+
+# Tables 4, 5, 6 of the paper (the input layer): metric -> values in the column order of
+# PAPER_INPUT_METHODS
+_TABLE4: dict[str, tuple[float, ...]] = {  # "faithfulness evaluation for LRP, CLRP, SGLRP and FG-CAM"
+    "average_drop":     (25.48, 30.64, 40.62, 16.81, 16.13, 20.28, 16.84),
+    "average_increase": (25.0, 24.15, 21.75, 36.45, 36.55, 30.15, 31.80),
+}
+_TABLE5: dict[str, tuple[float, ...]] = {  # "insertion and deletion tests for LRP, CLRP, SGLRP and FG-CAM"
+    "insertion": (0.55344, 0.56740, 0.51655, 0.60757, 0.61386, 0.58608, 0.60566),
+    "deletion":  (0.09975, 0.19168, 0.22315, 0.08668, 0.11271, 0.08980, 0.11143),
+    "overall":   (0.45369, 0.37572, 0.29340, 0.52089, 0.50115, 0.49628, 0.49423),
+}
+_TABLE6: dict[str, tuple[float, ...]] = {  # "evaluation on localization for LRP, CLRP, SGLRP and FG-CAM"
+    "proportion": (0.48385, 0.59515, 0.52136, 0.49503, 0.65496, 0.5400, 0.66983),
+}
+
+#: table number -> the paper's caption
+TABLE_SOURCES: dict[int, str] = {
+    1: "Table 1 of the paper: faithfulness (A.D. lower is better, A.I. higher), CAM methods, Layer33/23/13",
+    2: "Table 2 of the paper: insertion/deletion AUC and Over-all, CAM methods, Layer33/23/13",
+    3: "Table 3 of the paper: localization (Proportion in the box), CAM methods, Layer33/23/13",
+    4: "Table 4 of the paper: faithfulness (A.D., A.I.) at the input, LRP family vs FG-CAM",
+    5: "Table 5 of the paper: insertion/deletion at the input, LRP family vs FG-CAM",
+    6: "Table 6 of the paper: localization (Proportion) at the input, LRP family vs FG-CAM",
+}
+
+
+def _records() -> list[tuple[int, str, str, str, float]]:
+    """Every published cell as (table, method, layer, metric, value)."""
+    out: list[tuple[int, str, str, str, float]] = []
+    for m, by_layer in _TABLE1.items():
+        for layer in _L:
+            ad, ai = by_layer[layer]
+            out += [(1, m, layer, "average_drop", ad), (1, m, layer, "average_increase", ai)]
+    for layer in _L:
+        for metric, values in _TABLE2[layer].items():
+            out += [(2, m, layer, metric, v) for m, v in zip(_CAM, values)]
+    for layer in _L:
+        out += [(3, m, layer, "proportion", v) for m, v in zip(_CAM, _TABLE3[layer])]
+    for number, table in ((4, _TABLE4), (5, _TABLE5), (6, _TABLE6)):
+        for metric, values in table.items():
+            out += [(number, m, "input", metric, v) for m, v in zip(_INP, values)]
+    return out
+
+
+_RECORDS = _records()
+_BY_KEY: dict[tuple[str, str, str], tuple[int, float]] = {(m, l, k): (t, v) for t, m, l, k, v in _RECORDS}
+
+#: table number -> (methods, layers, metrics) it covers, in the paper's order
+TABLES: dict[int, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
+    1: (_CAM, _L, ("average_drop", "average_increase")),
+    2: (_CAM, _L, ("insertion", "deletion", "overall")),
+    3: (_CAM, _L, ("proportion",)),
+    4: (_INP, ("input",), ("average_drop", "average_increase")),
+    5: (_INP, ("input",), ("insertion", "deletion", "overall")),
+    6: (_INP, ("input",), ("proportion",)),
+}
+
+
+def _table_number(table: int | str) -> int:
+    s = str(table).lower().replace("table", "").strip()
+    if not s.isdigit() or int(s) not in TABLES:
+        raise ValueError(f"unknown table {table!r}; the paper has Tables 1-6")
+    return int(s)
+
+
+def published_value(method: str, layer: str | int, metric: str) -> float:
+    """One published number, e.g. ``published_value("fg_grad_cam", 13, "overall") == 0.49374``.
+
+    Raises KeyError when the paper does not report that cell.
+    """
+    key = (method, _layer_key(layer), metric)
+    if key not in _BY_KEY:
+        raise KeyError(f"the paper reports no value for {key}")
+    return _BY_KEY[key][1]
+
+
+def published(table: int | str | None = None) -> "pd.DataFrame":
+    """The paper's numbers as tidy rows: ``table, method, label, layer, metric, value``.
+
+    ``table``: 1-6 keeps one table. Values are the paper's (A.D./A.I. in percent).
+
+    Example:
+        >>> published(5).query("metric == 'overall'")["value"].max()
+        0.52089
+    """
+    import pandas as pd
+
+    df = pd.DataFrame(_RECORDS, columns=["table", "method", "layer", "metric", "value"])
+    df.insert(2, "label", df["method"].map(label))
+    if table is not None:
+        df = df[df["table"] == _table_number(table)].reset_index(drop=True)
+    return df
+
+
+def _layer_key(layer: Any) -> str:
+    s = str(layer)
+    if s in ("input", "-1"):
+        return "input"
+    return s[len("features."):] if s.startswith("features.") else s
+
+
+# ----------------------------------------------------------------------------- comparison
+def _bootstrap_ci(values: np.ndarray, confidence: float, n_resamples: int, seed: int) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean (NaN for fewer than 2 values)."""
+    from scipy.stats import bootstrap
+
+    values = values[np.isfinite(values)]
+    if values.size < 2:
+        return float("nan"), float("nan")
+    if np.all(values == values[0]):
+        return float(values[0]), float(values[0])
+    res = bootstrap((values,), np.mean, n_resamples=n_resamples, confidence_level=confidence,
+                    method="percentile", vectorized=True, rng=np.random.default_rng(seed))
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def _cells(df: "pd.DataFrame") -> "pd.DataFrame":
+    """Tidy evaluation rows with normalised layer keys (``"features.13"`` -> ``"13"``)."""
+    need = {"image_id", "method", "layer", "metric", "value"}
+    missing = need - set(df.columns)
+    if missing:
+        raise ValueError(f"evaluation rows lack columns {sorted(missing)} (use run_evaluation's output)")
+    return df.assign(layer=df["layer"].map(_layer_key))
+
+
+def compare_table(
+    df: "pd.DataFrame",
+    table: int | str,
+    *,
+    confidence: float = 0.95,
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> "pd.DataFrame":
+    """The paper's numbers and ours, cell by cell, for one of Tables 1-6.
+
+    ``df``: tidy rows of :func:`fgcam_lib.evaluate.run_evaluation` (one data set); our
+    means and percentile-bootstrap CIs come from :func:`fgcam_lib.evaluate.summarize`.
+    Returns one row per cell of the paper's table, index ``(layer, metric, method)``,
+    columns ``label``, ``paper``, ``ours`` (mean over images), ``ci_low``, ``ci_high``,
+    ``n`` (images), ``better`` (``"lower"`` or ``"higher"``). Cells we did not evaluate
+    have ``ours`` NaN and ``n`` 0.
+
+    Example:
+        >>> compare_table(df, 5).loc[("input", "overall", "fg_grad_cam"), ["paper", "ours"]]
+        paper 0.52089  ours 0.47...
+    """
+    import pandas as pd
+
+    from .evaluate import summarize
+
+    number = _table_number(table)
+    methods, layers, metrics = TABLES[number]
+    cells = _cells(df)
+    if "data" in cells.columns and cells["data"].nunique() > 1:
+        raise ValueError(f"rows from several data sets {sorted(cells['data'].unique())}; pass one")
+    cells = cells[cells["method"].isin(methods) & cells["layer"].isin(layers) & cells["metric"].isin(metrics)]
+    summary = summarize(cells, confidence=confidence, n_resamples=n_resamples, seed=seed) if len(cells) else None
+    rows = []
+    for layer in layers:
+        for metric in metrics:
+            for m in methods:
+                key = (m, layer, metric)
+                hit = summary is not None and key in summary.index
+                r = summary.loc[key] if hit else None
+                rows.append({"layer": layer, "metric": metric, "method": m, "label": label(m),
+                             "paper": published_value(m, layer, metric),
+                             "ours": float(r["mean"]) if hit else float("nan"),
+                             "ci_low": float(r["ci_low"]) if hit else float("nan"),
+                             "ci_high": float(r["ci_high"]) if hit else float("nan"),
+                             "n": int(r["n"]) if hit else 0,
+                             "better": "lower" if metric in LOWER_IS_BETTER else "higher"})
+    return pd.DataFrame(rows).set_index(["layer", "metric", "method"])
+
+
+def published_wide(table: int | str) -> "pd.DataFrame":
+    """One of the paper's Tables 1-6 as printed: rows ``(layer, metric)``, columns the methods.
+
+    Example:
+        >>> published_wide(4)          # A.D. / A.I. of LRP ... FG-Score-CAM (denoising)
+    """
+    from .evaluate import METRIC_LABELS
+
+    df = published(table)
+    df = df.assign(layer=df["layer"].map(lambda l: "Input" if l == "input" else f"Layer{l}"),
+                   metric=df["metric"].map(lambda k: METRIC_LABELS.get(k, k)))
+    wide = df.pivot_table(index=["layer", "metric"], columns="label", values="value", aggfunc="first", sort=False)
+    wide = wide[list(dict.fromkeys(df["label"]))]
+    wide.columns.name = None
+    return wide
+
+
+def format_comparison(comparison: "pd.DataFrame", digits: int | None = None) -> "pd.DataFrame":
+    """A :func:`compare_table` result laid out like the paper's table.
+
+    Rows ``(layer, metric)``, one column per method (the paper's labels); each cell
+    ``"ours ± half-CI (paper)"``. ``digits``: decimals (default: 2 for A.D./A.I., which
+    are percent, 4 for the other metrics).
+    """
+    import pandas as pd
+
+    from .evaluate import METRIC_LABELS
+
+    def cell(r: pd.Series) -> str:
+        d = digits if digits is not None else (2 if r.name[1] in ("average_drop", "average_increase") else 4)
+        paper = f"({r['paper']:.{d}f})"
+        if not np.isfinite(r["ours"]):
+            return f"n/a {paper}"
+        half = (r["ci_high"] - r["ci_low"]) / 2 if np.isfinite(r["ci_low"]) else float("nan")
+        ours = f"{r['ours']:.{d}f}" + (f" ± {half:.{d}f}" if np.isfinite(half) else "")
+        return f"{ours} {paper}"
+
+    text = comparison.apply(cell, axis=1).rename("cell").reset_index()
+    text["metric"] = text["metric"].map(lambda k: METRIC_LABELS.get(k, k))
+    text["layer"] = text["layer"].map(lambda l: "Input" if l == "input" else f"Layer{l}")
+    order = list(dict.fromkeys(label(m) for m in comparison.index.get_level_values("method")))
+    text["method"] = text["method"].map(label)
+    wide = text.pivot_table(index=["layer", "metric"], columns="method", values="cell", aggfunc="first", sort=False)
+    wide = wide[order]
+    wide.columns.name = "ours ± CI half-width (paper)"
+    return wide
+
+
+# --------------------------------------------------------------------------------- claims
+@dataclass(frozen=True)
+class Claim:
+    """An ordering the paper reports: ``a`` beats ``b`` on ``metric`` (per its numbers).
+
+    ``a`` and ``b`` are ``(method, layer)``; which direction is "better" follows
+    :data:`LOWER_IS_BETTER`. ``table``: the paper's table the numbers come from;
+    ``text``: what the paper says.
+    """
+
+    table: int
+    metric: str
+    a: tuple[str, str]
+    b: tuple[str, str]
+    text: str
+
+    @property
+    def lower_is_better(self) -> bool:
+        return self.metric in LOWER_IS_BETTER
+
+    def describe(self) -> str:
+        def side(ml: tuple[str, str]) -> str:
+            m, l = ml
+            return f"{label(m)}@{'input' if l == 'input' else 'Layer' + l}"
+
+        from .evaluate import METRIC_LABELS
+
+        sign = "<" if self.lower_is_better else ">"
+        return f"{side(self.a)} {sign} {side(self.b)} on {METRIC_LABELS.get(self.metric, self.metric)}"
+
+
+def _claims() -> tuple[Claim, ...]:
+    out: list[Claim] = []
+    for layer in _L:  # "FG-CAM performs better than other methods in both shallow and intermediate layers"
+        for fg, base in (("fg_grad_cam", "grad_cam"), ("fg_score_cam", "score_cam")):
+            out.append(Claim(1, "average_drop", (fg, layer), (base, layer),
+                             "Table 1: FG-CAM has a lower A.D. than its CAM base at every layer"))
+            out.append(Claim(2, "overall", (fg, layer), (base, layer),
+                             "Table 2: whether FG-CAM is used or not makes a huge difference (Over-all)"))
+        out.append(Claim(2, "overall", ("fg_grad_cam", layer), ("layer_cam", layer),
+                         "Table 2: FG-Grad-CAM achieves a higher Over-all than Layer-CAM"))
+        out.append(Claim(3, "proportion", ("fg_grad_cam", layer), ("grad_cam", layer),
+                         "Table 3: FG-CAM locates the object better than the CAM it extends"))
+        out.append(Claim(3, "proportion", ("fg_grad_cam_denoise", layer), ("fg_grad_cam", layer),
+                         "Table 3: FG-CAM with denoising performs significantly better than FG-CAM"))
+    out.append(Claim(1, "average_drop", ("fg_grad_cam", "13"), ("layer_cam", "13"),
+                     "Table 1: in Layer13 FG-Grad-CAM outperforms other methods by a large margin"))
+    out.append(Claim(2, "overall", ("grad_cam", "33"), ("grad_cam", "13"),
+                     "Table 2: Grad-CAM's Over-all decreases as the layer gets shallower"))
+    out.append(Claim(2, "overall", ("score_cam", "33"), ("score_cam", "13"),
+                     "Table 2: Score-CAM's Over-all decreases as the layer gets shallower"))
+    for other in ("lrp", "clrp", "sglrp"):
+        out.append(Claim(4, "average_drop", ("fg_grad_cam", "input"), (other, "input"),
+                         "Table 4: FG-CAM is significantly better than LRP and its variants (A.D.)"))
+        out.append(Claim(5, "overall", ("fg_grad_cam", "input"), (other, "input"),
+                         "Table 5: FG-CAM outperforms LRP and its variants (Over-all)"))
+    out.append(Claim(5, "overall", ("lrp", "input"), ("sglrp", "input"),
+                     "Table 5: SGLRP's Over-all is the lowest; LRP is higher"))
+    out.append(Claim(6, "proportion", ("fg_grad_cam", "input"), ("lrp", "input"),
+                     "Table 6: FG-CAM is also better than LRP (Proportion)"))
+    out.append(Claim(6, "proportion", ("fg_grad_cam_denoise", "input"), ("clrp", "input"),
+                     "Table 6: the Proportion of FG-CAM with denoising is significantly higher than others"))
+    return tuple(out)
+
+
+#: the paper's headline orderings, each backed by its own table's numbers
+CLAIMS: tuple[Claim, ...] = _claims()
+
+
+def _paired_values(cells: "pd.DataFrame", claim: Claim) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image values of both sides on the images where both exist."""
+    def side(ml: tuple[str, str]) -> "pd.Series":
+        m, l = ml
+        s = cells[(cells["method"] == m) & (cells["layer"] == l) & (cells["metric"] == claim.metric)]
+        return s.groupby("image_id")["value"].mean()
+
+    a, b = side(claim.a), side(claim.b)
+    both = a.index.intersection(b.index)
+    va, vb = a.loc[both].to_numpy(float), b.loc[both].to_numpy(float)
+    ok = np.isfinite(va) & np.isfinite(vb)
+    return va[ok], vb[ok]
+
+
+def check_claims(
+    df: "pd.DataFrame",
+    claims: Iterable[Claim] = CLAIMS,
+    *,
+    confidence: float = 0.95,
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> "pd.DataFrame":
+    """Which of the paper's orderings hold in our evaluation rows.
+
+    For each claim, the per-image advantage of ``a`` over ``b`` (``a - b``, sign flipped
+    where lower is better, so positive = the paper's direction) on the images both were
+    evaluated on, its mean and a paired percentile-bootstrap CI. ``verdict``:
+    ``"holds"`` (mean advantage > 0), ``"reversed"`` (< 0), ``"tie"``, or
+    ``"not evaluated"``; ``clear``: the CI excludes 0. Columns: ``claim``, ``table``,
+    ``paper_a``, ``paper_b``, ``ours_a``, ``ours_b``, ``advantage``, ``ci_low``,
+    ``ci_high``, ``n``, ``verdict``, ``clear``, ``text``.
+    """
+    import pandas as pd
+
+    cells = _cells(df)
+    rows = []
+    for c in claims:
+        va, vb = _paired_values(cells, c)
+        sign = -1.0 if c.lower_is_better else 1.0
+        adv = sign * (va - vb)
+        mean = float(adv.mean()) if adv.size else float("nan")
+        lo, hi = _bootstrap_ci(adv, confidence, n_resamples, seed)
+        if not adv.size:
+            verdict = "not evaluated"
+        elif mean > 0:
+            verdict = "holds"
+        elif mean < 0:
+            verdict = "reversed"
+        else:
+            verdict = "tie"
+        clear = bool(np.isfinite(lo) and (lo > 0 or hi < 0))
+        rows.append({
+            "claim": c.describe(), "table": c.table,
+            "paper_a": published_value(*c.a, c.metric), "paper_b": published_value(*c.b, c.metric),
+            "ours_a": float(va.mean()) if va.size else float("nan"),
+            "ours_b": float(vb.mean()) if vb.size else float("nan"),
+            "advantage": mean, "ci_low": lo, "ci_high": hi, "n": int(adv.size),
+            "verdict": verdict, "clear": clear, "text": c.text,
+        })
+    return pd.DataFrame(rows)
+
+
+def pairwise_agreement(df: "pd.DataFrame", table: int | str) -> "pd.DataFrame":
+    """For every pair of methods in a table cell row, does our ordering match the paper's?
+
+    Per (layer, metric) of the table, all pairs of methods we evaluated are compared by
+    mean; returns one row per (layer, metric): ``pairs``, ``agree`` (same ordering as the
+    paper's numbers), ``share`` and Kendall's tau between the paper's and our method
+    ranking (``scipy.stats.kendalltau``; NaN with fewer than 3 methods).
+    """
+    import pandas as pd
+    from scipy.stats import kendalltau
+
+    comp = compare_table(df, table, n_resamples=2)
+    rows = []
+    for (layer, metric), g in comp.groupby(level=["layer", "metric"], sort=False):
+        g = g[np.isfinite(g["ours"])]
+        p, o = g["paper"].to_numpy(), g["ours"].to_numpy()
+        pairs = agree = 0
+        for i in range(len(g)):
+            for j in range(i + 1, len(g)):
+                if p[i] == p[j]:
+                    continue
+                pairs += 1
+                agree += int(np.sign(p[i] - p[j]) == np.sign(o[i] - o[j]))
+        tau = float(kendalltau(p, o).statistic) if len(g) >= 3 else float("nan")
+        rows.append({"layer": layer, "metric": metric, "methods": len(g), "pairs": pairs, "agree": agree,
+                     "share": agree / pairs if pairs else float("nan"), "kendall_tau": tau})
+    return pd.DataFrame(rows).set_index(["layer", "metric"])
+
+
+# ------------------------------------------------------------------------ result files
+def model_fingerprint(model: "nn.Module", length: int = 10) -> str:
+    """Short SHA-256 of a model's state dict (names, shapes, dtypes and values).
+
+    Two models with the same parameters and buffers get the same fingerprint; any changed
+    weight changes it. Used to keep results of different checkpoints apart.
+    """
+    import torch
+
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:length]
+
+
+def results_path(split: str, model: "nn.Module", root: str | Path = "results", suffix: str = ".parquet") -> Path:
+    """Where a run's rows go: ``<root>/bench_<split>_<model fingerprint><suffix>``.
+
+    The fingerprint keeps the rows of different checkpoints apart, since a resumed run
+    reuses every stored row whose (image, method, layer, metric) matches.
+    """
+    safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in split)
+    return Path(root) / f"bench_{safe}_{model_fingerprint(model)}{suffix}"
+
+
+def stored_prefix(out: str | Path, data: str, methods: Sequence[str], layers: Sequence[str],
+                  metrics: Sequence[str]) -> int:
+    """How many leading images (indices 0, 1, ...) of ``data`` have every wanted row in ``out``.
+
+    A longer command-line run into the same ``out`` is then reused by asking
+    :func:`fgcam_lib.evaluate.run_evaluation` for ``max(n, stored_prefix(...))`` images.
+    ``metrics``: metric rows (``"average_drop"``, ``"overall"``, ...). Method/layer pairs
+    the method does not support (a CAM at the input) are not required.
+    """
+    from .evaluate import read_results
+    from .methods import supports
+
+    path = Path(out)
+    if not path.exists():
+        return 0
+    df = read_results(path)
+    if df.empty:
+        return 0
+    df = df[(df["data"] == data) & df["method"].isin(list(methods)) & df["metric"].isin(list(metrics))]
+    df = df.assign(layer=df["layer"].map(_layer_key))
+    df = df[df["layer"].isin([_layer_key(l) for l in layers])]
+    if df.empty:
+        return 0
+    present = df.groupby("index").apply(lambda g: set(zip(g["method"], g["layer"], g["metric"])),
+                                        include_groups=False)
+    wanted = {(m, _layer_key(l), k) for m in methods for l in layers if supports(m, l) for k in metrics}
+    n = 0
+    while n in present.index and present.loc[n] >= wanted:
+        n += 1
+    return n
+
+
+# ------------------------------------------------------------------ name shared with a preset
+class _PresetCallableModule(types.ModuleType):
+    """This module, callable as the ``paper`` rule preset.
+
+    ``fgcam_lib`` exports the preset function :func:`fgcam_lib.presets.paper` under the
+    name ``paper``; importing this module rebinds ``fgcam_lib.paper`` to the module. Calling
+    the module returns the preset, so ``fgcam_lib.paper()`` and ``from fgcam_lib import
+    paper; paper()`` keep working whatever was imported first.
+    """
+
+    def __call__(self, *args: Any, **kwargs: Any):
+        from .presets import paper as preset
+
+        return preset(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _PresetCallableModule
