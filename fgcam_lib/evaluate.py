@@ -306,15 +306,17 @@ class ResultStore:
 
     def check_meta(self, meta: Mapping[str, Any]) -> None:
         """Record ``meta``, or raise ValueError if the stored one differs."""
+        old: dict[str, Any] = {}
         if self.meta_path.is_file():
             old = json.loads(self.meta_path.read_text())
-            diff = {k: (old.get(k), v) for k, v in meta.items() if old.get(k) != v}
+            diff = {k: (old[k], v) for k, v in meta.items() if k in old and old[k] != v}
             if diff:
                 raise ValueError(f"{self.path} holds results made with other settings {diff} (stored, now); "
                                  "use another --out")
-            return
+            if all(k in old for k in meta):
+                return
         self.meta_path.parent.mkdir(parents=True, exist_ok=True)
-        self.meta_path.write_text(json.dumps(dict(meta), indent=1))
+        self.meta_path.write_text(json.dumps({**old, **meta}, indent=1))
 
     def read(self) -> "pd.DataFrame":
         """Every stored row (an empty frame with :data:`COLUMNS` when there is none)."""
@@ -489,7 +491,10 @@ def run_evaluation(
     store = ResultStore(out) if out is not None else None
     stored = store.read() if store is not None else _empty_rows()
     if store is not None:
-        store.check_meta({"seed": seed, "target": target})
+        from .published import model_fingerprint
+
+        # rows of another checkpoint must never be reused
+        store.check_meta({"seed": seed, "target": target, "model": model_fingerprint(model)})
     done = _done_keys(stored, data_name)
     count = len(dataset) if n is None else min(int(n), len(dataset))
     indices = list(range(count))
@@ -832,6 +837,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _load_model(args: argparse.Namespace) -> tuple[nn.Module, Any]:
     from .models import load_model
 
+    torch.manual_seed(args.seed)  # a "random" model is then the same on every (resumed) run
     return load_model(args.model, weights=args.weights, device=args.device)
 
 

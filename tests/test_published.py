@@ -1,4 +1,4 @@
-"""The paper's published numbers (fgcam_lib.paper) and the helpers that compare ours with them."""
+"""The paper's published numbers (fgcam_lib.published) and the helpers that compare ours with them."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-import fgcam_lib.paper as P
+import fgcam_lib.published as P
 from fgcam_lib.evaluate import COLUMNS, ResultStore
 from fgcam_lib.methods import PAPER_CAM_METHODS, PAPER_INPUT_METHODS
 
@@ -165,12 +165,3 @@ def test_tables_cover_the_registry_order():
     assert P.TABLES == TABLES  # the same layouts as evaluate.summarize(table=k)
 
 
-def test_module_name_does_not_break_the_preset():
-    """``fgcam_lib.paper`` is also the rule preset's name: the module stays callable as the preset."""
-    import fgcam_lib
-    from fgcam_lib import Preset
-    from fgcam_lib import paper as preset
-
-    assert fgcam_lib.paper is P
-    assert isinstance(fgcam_lib.paper(), Preset) and fgcam_lib.paper().name == "paper"
-    assert isinstance(preset(), Preset)

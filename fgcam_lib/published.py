@@ -9,7 +9,7 @@ rows of :mod:`fgcam_lib.evaluate` (``average_drop`` ... ``proportion``). A.D. an
 are in percent, as the paper prints them and as :func:`fgcam_lib.evaluate.run_evaluation`
 stores them.
 
-    >>> from fgcam_lib.paper import published, compare_table, check_claims, CLAIMS
+    >>> from fgcam_lib.published import published, compare_table, check_claims, CLAIMS
     >>> published(table=2).head()                  # tidy: table, method, layer, metric, value
     >>> compare_table(df, table=2)                  # paper vs ours (mean, CI, n) per cell
     >>> check_claims(df)                            # which of the paper's orderings hold here
@@ -19,8 +19,6 @@ pandas and scipy are imported inside the functions that need them.
 from __future__ import annotations
 
 import hashlib
-import sys
-import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
@@ -544,22 +542,3 @@ def stored_prefix(out: str | Path, data: str, methods: Sequence[str], layers: Se
     while n in present.index and present.loc[n] >= wanted:
         n += 1
     return n
-
-
-# ------------------------------------------------------------------ name shared with a preset
-class _PresetCallableModule(types.ModuleType):
-    """This module, callable as the ``paper`` rule preset.
-
-    ``fgcam_lib`` exports the preset function :func:`fgcam_lib.presets.paper` under the
-    name ``paper``; importing this module rebinds ``fgcam_lib.paper`` to the module. Calling
-    the module returns the preset, so ``fgcam_lib.paper()`` and ``from fgcam_lib import
-    paper; paper()`` keep working whatever was imported first.
-    """
-
-    def __call__(self, *args: Any, **kwargs: Any):
-        from .presets import paper as preset
-
-        return preset(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _PresetCallableModule
