@@ -238,3 +238,26 @@ def test_paired_difference_and_spread():
     assert sp.loc["a", "spread"] == pytest.approx(0.0) and sp.loc["a", "ci_high"] == pytest.approx(0.0)
     assert sp.loc["b", "spread"] == pytest.approx(2.0) and sp.loc["b", "ci_low"] == pytest.approx(2.0)
     assert sp.loc["b", "highest"] == "33" and sp.loc["b", "lowest"] == "13" and sp.loc["b", "n"] == 40
+
+
+# --------------------------------------------------------------------------- display
+def test_format_summary_forest_plot_and_example_grid(tmp_path):
+    import matplotlib
+
+    matplotlib.use("agg")
+    from fgcam_lib.ablation import example_grid, forest_plot, format_summary
+
+    df = pd.concat([_rows({("a", "13"): [1.0, 2.0, 3.0], ("b", "13"): [2.0, 2.0, 2.0]}, "overall"),
+                    _rows({("a", "13"): [10.0, 20.0, 30.0], ("b", "13"): [5.0, 5.0, 5.0]}, "average_drop")])
+    s = summarize(df)
+    t = format_summary(s, rows=["method", "layer"], metrics=["average_drop", "overall"])
+    assert list(t.columns) == ["A.D.", "Over-all"]
+    assert t.loc[("b", "13"), "Over-all"] == "2.000 ± 0.000" and t.loc[("a", "13"), "A.D."].startswith("20.00 ± ")
+    fig = forest_plot(s.xs("13", level="layer"), ["average_drop", "overall"], hue=None, title="t")
+    assert len(fig.axes) == 2 and "lower is better" in fig.axes[0].get_title()
+    images = torch.rand(2, 3, 16, 16)
+    maps = {"v1": {13: torch.rand(2, 4, 4), "input": torch.randn(2, 16, 16)}, "v2": {"input": torch.zeros(2, 16, 16)}}
+    fig = example_grid(images, maps, [(0, 13), (1, "input")], title="x")
+    assert len(fig.axes) >= 3 * 2  # image row + two variants, two columns (+ colorbars)
+    fig.savefig(tmp_path / "grid.png")
+    assert (tmp_path / "grid.png").stat().st_size > 0
