@@ -87,7 +87,7 @@ def run(n_single: int = 3, n_pairs: int = 2, out: str | Path = "figures", seed: 
     per_class = {}
     for k in range(2):
         tgt = [int(it["classes"][k]) for it in items[n_single:]]
-        per_class[f"object {k + 1}"] = fg(px, target=tgt, layer="input")
+        per_class[f"for object {k + 1}'s class"] = fg(px, target=tgt, layer="input")
     pair_titles = truth[n_single:]
     fig = viz.grid(images[n_single:], per_class, layout="images", image_titles=pair_titles,
                    title="FG-Grad-CAM (denoising) at the input, one map per object's class")

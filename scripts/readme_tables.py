@@ -16,18 +16,20 @@ def markdown(df: pd.DataFrame) -> str:
     df.columns = [" ".join(str(c) for c in col if str(c)) if isinstance(col, tuple) else str(col) for col in df.columns]
     head = "| " + " | ".join([df.index.name or ""] + list(df.columns)) + " |"
     rule = "|" + "---|" * (len(df.columns) + 1)
-    rows = ["| " + " | ".join([str(i)] + [str(v) for v in r]) + " |" for i, r in zip(df.index, df.values)]
+    name = lambda i: " ".join(str(v) for v in i) if isinstance(i, tuple) else str(i)  # noqa: E731
+    rows = ["| " + " | ".join([name(i)] + [str(v) for v in r]) + " |" for i, r in zip(df.index, df.values)]
     return "\n".join([head, rule] + rows)
 
 
 def main(paths: list[str]) -> None:
     df = pd.concat([read_results(p) for p in paths], ignore_index=True)
+    n = df.groupby(["data", "metric"])["image_id"].nunique()
+    print("images per metric: " + "; ".join(f"{d} {m} {c}" for (d, m), c in n.items()))
     for k in range(1, 7):
         t = summarize(df, table=k)
         if t.empty:
             continue
-        n = df[df["metric"].isin(set(t.columns.get_level_values(-1)) | set(df["metric"]))].groupby("metric")["image_id"].nunique()
-        print(f"\nTable {k} (images per metric: {', '.join(f'{m} {c}' for m, c in n.items())})\n")
+        print(f"\nTable {k}\n")
         print(markdown(format_table(t)))
 
 
