@@ -46,6 +46,15 @@ def randomize_bn(model: nn.Module, seed: int = 0, positive_scale: bool = True) -
     return model
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module: small models on a loaded 2-core machine run faster so."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture(scope="session")
 def tiny_vgg() -> nn.Module:
     torch.manual_seed(0)

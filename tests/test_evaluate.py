@@ -26,13 +26,7 @@ FAST = {"insdel": {"step": 256}}  # 16 steps at 64 x 64
 KEY = ["data", "image_id", "method", "layer", "metric"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a loaded 2-core machine, 2 threads are many times slower here."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

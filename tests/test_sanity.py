@@ -12,12 +12,7 @@ from fgcam_lib import FGCAM
 from fgcam_lib import sanity as S
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_randomization_groups_top_down(tiny_vgg):
