@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from .evaluate import TABLES, _table_number
 from .methods import PAPER_CAM_METHODS, PAPER_INPUT_METHODS, label
 
 if TYPE_CHECKING:
@@ -150,22 +151,7 @@ def _records() -> list[tuple[int, str, str, str, float]]:
 _RECORDS = _records()
 _BY_KEY: dict[tuple[str, str, str], tuple[int, float]] = {(m, l, k): (t, v) for t, m, l, k, v in _RECORDS}
 
-#: table number -> (methods, layers, metrics) it covers, in the paper's order
-TABLES: dict[int, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
-    1: (_CAM, _L, ("average_drop", "average_increase")),
-    2: (_CAM, _L, ("insertion", "deletion", "overall")),
-    3: (_CAM, _L, ("proportion",)),
-    4: (_INP, ("input",), ("average_drop", "average_increase")),
-    5: (_INP, ("input",), ("insertion", "deletion", "overall")),
-    6: (_INP, ("input",), ("proportion",)),
-}
-
-
-def _table_number(table: int | str) -> int:
-    s = str(table).lower().replace("table", "").strip()
-    if not s.isdigit() or int(s) not in TABLES:
-        raise ValueError(f"unknown table {table!r}; the paper has Tables 1-6")
-    return int(s)
+# the table layouts are the evaluation runner's (one definition for both)
 
 
 def published_value(method: str, layer: str | int, metric: str) -> float:
