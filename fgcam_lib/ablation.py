@@ -14,7 +14,7 @@ same images. The pieces:
   rows with the columns of :mod:`fgcam_lib.evaluate` (so ``evaluate.summarize`` and
   ``evaluate.format_table`` read them) plus one column per variant key;
 - :func:`summarize`, :func:`paired_difference` and :func:`spread` give means and
-  percentile-bootstrap confidence intervals over images (``scipy.stats.bootstrap``).
+  percentile-bootstrap confidence intervals over images (:mod:`fgcam_lib.stats`).
 
     >>> batch = load_scenes(SyntheticScenes("test", 64, size=96), preprocess)
     >>> fg = FGCAM(model)                                    # no denoising: ranks vary below
@@ -44,6 +44,7 @@ from .fgcam import FGCAM, denoise, denoise_rank
 from .methods import is_input_layer
 from .presets import bind
 from .propagate import forward, propagate
+from .stats import bootstrap_ci, mean_ci
 
 if TYPE_CHECKING:  # pandas is imported lazily, inside the functions that tabulate
     import pandas as pd
@@ -500,39 +501,6 @@ def relevance_sums(fg: FGCAM, x: Tensor, layers: Sequence[int | str], target: Te
 
 
 # --------------------------------------------------------------------------- summaries
-def bootstrap_ci(
-    samples: Sequence[np.ndarray] | np.ndarray,
-    statistic: Callable[..., np.ndarray] | None = None,
-    *,
-    paired: bool = True,
-    confidence: float = 0.95,
-    n_resamples: int = 2000,
-    seed: int = 0,
-) -> tuple[float, float, float]:
-    """``(estimate, ci_low, ci_high)``: a statistic and its percentile-bootstrap interval.
-
-    ``samples``: one array (default statistic: the mean) or several of equal length,
-    resampled together when ``paired`` (images measured under several conditions).
-    ``statistic(*arrays, axis=-1)`` must be vectorised, as ``scipy.stats.bootstrap``
-    wants. Fewer than 2 values give NaN bounds; constant data a zero-width interval.
-    """
-    from scipy.stats import bootstrap
-
-    arrays = [np.asarray(samples, dtype=float)] if isinstance(samples, np.ndarray) else \
-        [np.asarray(a, dtype=float) for a in samples]
-    stat = statistic or (lambda *a, axis=-1: np.mean(a[0], axis=axis))
-    est = float(stat(*arrays, axis=-1))
-    n = arrays[0].shape[-1]
-    if n < 2:
-        return est, float("nan"), float("nan")
-    if all(np.all(a == a.flat[0]) for a in arrays):
-        return est, est, est
-    res = bootstrap(tuple(arrays), stat, paired=paired and len(arrays) > 1, vectorized=True,
-                    n_resamples=n_resamples, confidence_level=confidence, method="percentile",
-                    rng=np.random.default_rng(seed))
-    return est, float(res.confidence_interval.low), float(res.confidence_interval.high)
-
-
 def summarize(df: "pd.DataFrame", by: Sequence[str] = ("method", "layer"), *, confidence: float = 0.95,
               n_resamples: int = 2000, seed: int = 0) -> "pd.DataFrame":
     """Mean over images with a bootstrap CI, per ``by`` + metric.
@@ -546,11 +514,8 @@ def summarize(df: "pd.DataFrame", by: Sequence[str] = ("method", "layer"), *, co
     keys = list(by) + ["metric"]
     out = []
     for key, g in df.groupby(keys, sort=False, dropna=False):
-        v = g["value"].to_numpy(dtype=float)
-        v = v[~np.isnan(v)]
-        mean, lo, hi = bootstrap_ci(v, confidence=confidence, n_resamples=n_resamples, seed=seed) if v.size else \
-            (float("nan"),) * 3
-        out.append((*key, mean, lo, hi, int(v.size)))
+        out.append((*key, *mean_ci(g["value"].to_numpy(dtype=float), confidence=confidence,
+                                    n_resamples=n_resamples, seed=seed)))
     return pd.DataFrame(out, columns=keys + ["mean", "ci_low", "ci_high", "n"]).set_index(keys)
 
 

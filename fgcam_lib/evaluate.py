@@ -56,6 +56,7 @@ from . import metrics as M
 from .methods import (
     METHODS, PAPER_CAM_METHODS, PAPER_INPUT_METHODS, is_input_layer, is_signed, label, make_explainer, supports,
 )
+from .stats import mean_ci
 
 if TYPE_CHECKING:  # pandas is imported lazily, inside the functions that tabulate
     import pandas as pd
@@ -615,24 +616,6 @@ def _layer_key(layer: str) -> str:
     return layer[len("features."):] if layer.startswith("features.") else layer
 
 
-def _bootstrap(values: np.ndarray, confidence: float, n_resamples: int, seed: int) -> tuple[float, float]:
-    """Seeded percentile bootstrap CI of the mean over images (NaN for fewer than 2 values).
-
-    Resamples the n values with replacement ``n_resamples`` times and takes the
-    ``(1 - confidence) / 2`` and ``(1 + confidence) / 2`` quantiles of the resampled
-    means: scipy.stats.bootstrap's ``method="percentile"``, without its per-call cost.
-    """
-    if values.size < 2:
-        return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    chunk = max(1, 4_000_000 // values.size)  # keep the index array near 32 MB
-    means = np.concatenate([values[rng.integers(0, values.size, (min(chunk, n_resamples - k), values.size))].mean(1)
-                            for k in range(0, n_resamples, chunk)])
-    alpha = (1 - confidence) / 2
-    lo, hi = np.quantile(means, [alpha, 1 - alpha])
-    return float(lo), float(hi)
-
-
 def _summary(df: "pd.DataFrame", confidence: float, n_resamples: int, seed: int) -> "pd.DataFrame":
     """method x layer x metric (x data when several) -> mean, ci_low, ci_high, n."""
     import pandas as pd
@@ -641,10 +624,8 @@ def _summary(df: "pd.DataFrame", confidence: float, n_resamples: int, seed: int)
     keys = (["data"] if df["data"].nunique() > 1 else []) + ["method", "layer", "metric"]
     out = []
     for key, g in df.groupby(keys, sort=False):
-        v = g["value"].to_numpy(dtype=float)
-        v = v[~np.isnan(v)]
-        lo, hi = _bootstrap(v, confidence, n_resamples, seed)
-        out.append((*key, float(v.mean()) if v.size else float("nan"), lo, hi, int(v.size)))
+        out.append((*key, *mean_ci(g["value"].to_numpy(dtype=float), confidence=confidence,
+                                    n_resamples=n_resamples, seed=seed)))
     return pd.DataFrame(out, columns=keys + ["mean", "ci_low", "ci_high", "n"]).set_index(keys)
 
 

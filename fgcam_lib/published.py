@@ -25,8 +25,9 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .evaluate import TABLES, _table_number
+from .evaluate import TABLES, _layer_key, _table_number
 from .methods import PAPER_CAM_METHODS, PAPER_INPUT_METHODS, label
+from .stats import bootstrap_ci
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -183,28 +184,7 @@ def published(table: int | str | None = None) -> "pd.DataFrame":
     return df
 
 
-def _layer_key(layer: Any) -> str:
-    s = str(layer)
-    if s in ("input", "-1"):
-        return "input"
-    return s[len("features."):] if s.startswith("features.") else s
-
-
 # ----------------------------------------------------------------------------- comparison
-def _bootstrap_ci(values: np.ndarray, confidence: float, n_resamples: int, seed: int) -> tuple[float, float]:
-    """Percentile bootstrap CI of the mean (NaN for fewer than 2 values)."""
-    from scipy.stats import bootstrap
-
-    values = values[np.isfinite(values)]
-    if values.size < 2:
-        return float("nan"), float("nan")
-    if np.all(values == values[0]):
-        return float(values[0]), float(values[0])
-    res = bootstrap((values,), np.mean, n_resamples=n_resamples, confidence_level=confidence,
-                    method="percentile", vectorized=True, rng=np.random.default_rng(seed))
-    return float(res.confidence_interval.low), float(res.confidence_interval.high)
-
-
 def _cells(df: "pd.DataFrame") -> "pd.DataFrame":
     """Tidy evaluation rows with normalised layer keys (``"features.13"`` -> ``"13"``)."""
     need = {"image_id", "method", "layer", "metric", "value"}
@@ -420,8 +400,7 @@ def check_claims(
         va, vb = _paired_values(cells, c)
         sign = -1.0 if c.lower_is_better else 1.0
         adv = sign * (va - vb)
-        mean = float(adv.mean()) if adv.size else float("nan")
-        lo, hi = _bootstrap_ci(adv, confidence, n_resamples, seed)
+        mean, lo, hi = bootstrap_ci(adv, confidence=confidence, n_resamples=n_resamples, seed=seed)
         if not adv.size:
             verdict = "not evaluated"
         elif mean > 0:

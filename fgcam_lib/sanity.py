@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from . import metrics as M
+from . import stats
 from .base import Target
 from .fgcam import FGCAM, denoise
 from .layers import linearize
@@ -175,24 +176,14 @@ def mean_ci(
     NaNs are dropped per value.
     """
     import pandas as pd
-    from scipy.stats import bootstrap
-
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(seed)  # one stream for all groups
     rows = []
     for key, g in df.groupby(list(by), sort=False):
         key = key if isinstance(key, tuple) else (key,)
         row = dict(zip(by, key))
         for v in values:
-            a = g[v].to_numpy(float)
-            a = a[np.isfinite(a)]
-            row[v] = float(a.mean()) if a.size else float("nan")
-            row[f"{v}_n"] = int(a.size)
-            if a.size >= 2 and not np.all(a == a[0]):
-                ci = bootstrap((a,), np.mean, n_resamples=n_resamples, confidence_level=confidence,
-                               method="percentile", vectorized=True, rng=rng).confidence_interval
-                row[f"{v}_low"], row[f"{v}_high"] = float(ci.low), float(ci.high)
-            else:
-                row[f"{v}_low"] = row[f"{v}_high"] = row[v] if a.size >= 2 else float("nan")
+            row[v], row[f"{v}_low"], row[f"{v}_high"], row[f"{v}_n"] = stats.mean_ci(
+                g[v].to_numpy(float), confidence=confidence, n_resamples=n_resamples, seed=rng)
         row["n"] = len(g)
         rows.append(row)
     return pd.DataFrame(rows).set_index(list(by))
