@@ -780,6 +780,8 @@ def _split_list(text: str) -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line's options."""
+    from .scenes import SPLITS
+
     p = argparse.ArgumentParser(
         prog="python -m fgcam_lib.evaluate",
         description="Evaluate explanation methods (faithfulness, localization) as in the FG-CAM paper.",
@@ -788,7 +790,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default=None, help="checkpoint path, or 'random' for an untrained network")
     p.add_argument("--device", default="cpu")
     p.add_argument("--data", default="benchmark:test",
-                   help="benchmark:<split> (test, pairs, loc, val, train), imagenet:<val folder> "
+                   help=f"benchmark:<split> ({', '.join(SPLITS)}), imagenet:<val folder> "
                         "(empty folder: FGCAM_IMAGENET_* env vars), or a folder of images")
     p.add_argument("--boxes", default=None, help="ImageNet boxes: XML folder or LOC_val_solution.csv")
     p.add_argument("--synsets", default=None, help="ImageNet LOC_synset_mapping.txt")
@@ -796,10 +798,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--protocol", choices=("custom", "paper"), default="custom",
                    help="paper: faithfulness metrics on 2000 random images, localization on 500 images "
                         "with one box covering <= 50%% of the image")
-    p.add_argument("--n", type=int, default=None, help="images (paper protocol: faithfulness images, default 2000)")
+    p.add_argument("--n", type=int, default=None,
+                   help="images (default 500; paper protocol: faithfulness images, default 2000). "
+                        "With insdel, all methods and layers take hours on a CPU: try --n 8 first")
     p.add_argument("--n-loc", type=int, default=None, help="paper protocol: localization images (default 500)")
-    p.add_argument("--methods", default=",".join(dict.fromkeys(PAPER_CAM_METHODS + PAPER_INPUT_METHODS)))
-    p.add_argument("--layers", default="33,23,13,input")
+    p.add_argument("--methods", default=",".join(dict.fromkeys(PAPER_CAM_METHODS + PAPER_INPUT_METHODS)),
+                   help=f"comma-separated, of {', '.join(METHODS)} (default: the paper's Tables 1-6)")
+    p.add_argument("--layers", default="33,23,13,input",
+                   help="comma-separated: indices into model.features, module paths or 'input'; "
+                        "a method is skipped where it is not defined (a CAM at the input)")
     p.add_argument("--metrics", default="adai,insdel,proportion", help=f"of {', '.join(METRIC_GROUPS)}")
     p.add_argument("--target", choices=("pred", "true"), default="pred",
                    help="class explained: the clean image's top-1 (pred) or the label (true)")
@@ -809,7 +816,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric-batch-size", type=int, default=None,
                    help="perturbed images per forward pass (default: 64 up to 128 px, 16 above)")
     p.add_argument("--throughput", action="store_true", help="print images/s per method at the end")
-    p.add_argument("--table", default=None, help="print the paper's tables, e.g. 1,2,3 (default: a summary)")
+    p.add_argument("--table", default=None, help="print the paper's tables 1-6, e.g. 1,2,3 (default: a summary)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--no-progress", action="store_true")
     return p
@@ -870,7 +877,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     methods, layers = _split_list(args.methods), _split_list(args.layers)
     try:
         _validate(methods, _split_list(args.metrics))
+        tables = [_table_number(t) for t in _split_list(args.table or "")]
         model, preprocess = _load_model(args)
+        for layer in layers:  # a typo must stop the run, not skip the layer
+            supports(methods[0], layer, model)
         size = int(getattr(preprocess, "size", 224))
         plan = _datasets(args, model, size)
     except (WeightsNotFoundError, FileNotFoundError, ValueError) as err:
@@ -891,8 +901,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
     df = pd.concat(frames, ignore_index=True)
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.max_rows", 500):
-        if args.table:
-            for t in _split_list(args.table):
+        if tables:
+            for t in tables:
                 print(f"\nTable {t}\n{format_table(summarize(df, table=t)).to_string()}")
         else:
             print(format_table(summarize(df)).to_string())

@@ -109,11 +109,12 @@ class LayerIndex:
                 return INPUT
             if spec in self._by_name:
                 return self._by_name[spec]
-            try:
+            if spec.strip().lstrip("-").isdigit():
                 return self.position(int(spec))
-            except ValueError:
-                pass
-            raise ValueError(f"unknown layer {spec!r}; valid layers: {', '.join(self.names)}")
+            ints = (f"an index into model.features (0..{self.n_features - 1})" if self.vgg_style
+                    else f"a position (0..{len(self.layers) - 1})")
+            raise ValueError(f"unknown layer {spec!r}; use 'input', {ints} or a module path: "
+                             f"{', '.join(self.names)}")
         if isinstance(spec, int):
             if spec == -1:
                 return INPUT

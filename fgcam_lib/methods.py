@@ -220,7 +220,8 @@ def supports(name: str, layer: int | str, model: nn.Module | None = None) -> boo
 
     Without a model only the input is checked (CAMs are not defined there); with a model
     the layer is resolved and checked against the component layer (CAMs and FG-CAM need
-    a layer at or below it; FG-CAM's default component layer is assumed).
+    a layer at or below it; FG-CAM's default component layer is assumed). A layer the
+    model does not have raises ``ValueError``: a typo is not "unsupported".
 
     Example:
         >>> supports("grad_cam", "input"), supports("fg_grad_cam", "input")
@@ -230,11 +231,7 @@ def supports(name: str, layer: int | str, model: nn.Module | None = None) -> boo
     if model is None:
         return not (spec.family == "cam" and is_input_layer(layer))
     index = LayerIndex(model)
-    try:
-        position = index.position(layer)
-    except (ValueError, TypeError):
-        return False
-    return _position_ok(spec, index, position)
+    return _position_ok(spec, index, index.position(layer))
 
 
 def method_layers(name: str, model: nn.Module) -> list[str]:

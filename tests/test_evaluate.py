@@ -76,7 +76,8 @@ def test_registry_layers_and_settings(model):
     assert method_layers("fg_grad_cam", model)[-1] == "features.43"
     assert method_layers("lrp", model)[-1] == "classifier.1"
     assert not supports("grad_cam", "classifier.1", model) and supports("lrp", "classifier.1", model)
-    assert not supports("fg_grad_cam", "nonsense", model)
+    with pytest.raises(ValueError, match="nonsense"):
+        supports("fg_grad_cam", "nonsense", model)
     assert make_explainer("score_cam", model).variant == "paper"
     assert make_explainer("fg_score_cam", model).score_cam_variant == "paper"
     assert make_explainer("fg_grad_cam_denoise", model).denoise == 0.1
@@ -298,6 +299,19 @@ def test_cli_paper_protocol_splits_metrics(tmp_path):
 def test_cli_reports_missing_data(tmp_path, capsys):
     assert main(["--weights", "random", "--data", f"imagenet:{tmp_path / 'missing'}", "--no-progress"]) == 2
     assert "error" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--layers", "99"], "outside model.features"),
+    (["--layers", "conv5"], "unknown layer 'conv5'"),
+    (["--table", "7"], "unknown table"),
+])
+def test_cli_rejects_bad_arguments_before_any_work(tmp_path, capsys, extra, message):
+    out = tmp_path / "r.csv"
+    argv = ["--weights", "random", "--methods", "grad_cam", "--layers", "33", "--metrics", "adai", "--n", "2",
+            "--out", str(out), "--no-progress"]
+    assert main(argv + extra) == 2
+    assert message in capsys.readouterr().err and not out.exists()
 
 
 def test_runner_road_and_true_targets(model, pre, scenes):
