@@ -53,7 +53,13 @@ def resolve_target(target: Target, logits: Tensor) -> Tensor:
     if isinstance(target, int) and not isinstance(target, bool):
         t = torch.full((B,), target, dtype=torch.long, device=logits.device)
     else:
-        t = torch.as_tensor(target, dtype=torch.long, device=logits.device).reshape(-1)
+        if isinstance(target, str):
+            raise TypeError(f"target must be a class index, indices or None, not the string {target!r} "
+                            "(for a benchmark class name use fgcam_lib.scenes.CLASSES.index(name))")
+        raw = torch.as_tensor(target)
+        if raw.dtype == torch.bool or (raw.is_floating_point() and not bool((raw == raw.round()).all())):
+            raise TypeError(f"target must hold whole class indices, got {target!r}")
+        t = raw.to(dtype=torch.long, device=logits.device).reshape(-1)
         if t.numel() == 1 and B != 1:
             t = t.expand(B)
         if t.numel() != B:

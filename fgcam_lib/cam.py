@@ -149,11 +149,16 @@ class LayerCAM(_CAM):
 
 
 class ScoreCAM(_CAM):
-    """Score-CAM (Wang et al. 2020); see :func:`score_cam_weights` for ``variant``."""
+    """Score-CAM (Wang et al. 2020); see :func:`score_cam_weights` for ``variant``.
+
+    The default is the authors' variant, the one FG-Score-CAM and the evaluation use, so
+    ``ScoreCAM(model)`` and ``FGCAM(model, base="score_cam")`` share their weights;
+    ``variant="common"`` reproduces pytorch-grad-cam.
+    """
 
     name = "Score-CAM"
 
-    def __init__(self, model, variant: str = "common", batch_size: int = 16, align_corners: bool = False, progress: bool = False):
+    def __init__(self, model, variant: str = "paper", batch_size: int = 16, align_corners: bool = False, progress: bool = False):
         super().__init__(model)
         if variant not in ("paper", "common"):
             raise ValueError(f"unknown Score-CAM variant {variant!r}; use 'paper' or 'common'")

@@ -99,7 +99,11 @@ class FGCAM(_Propagating):
         if base not in BASES:
             raise ValueError(f"unknown base {base!r}; use one of {', '.join(BASES)}")
         if denoise is not None:
+            if isinstance(denoise, bool) or not isinstance(denoise, (int, float)):
+                raise TypeError(f"denoise must be a rank fraction in (0, 1] such as 0.1, or None; got {denoise!r}")
             denoise_rank(denoise, 1, 1)  # validates the fraction
+        if score_cam_variant not in ("paper", "common"):
+            raise ValueError(f"unknown Score-CAM variant {score_cam_variant!r}; use 'paper' or 'common'")
         self.base, self.denoise = base, denoise
         self.component_position = (
             self.index.default_component_layer() if component_layer is None else self.index.position(component_layer)

@@ -334,6 +334,15 @@ def test_clear_errors(tiny_vgg, images):
         fg(torch.randn(1, 1, 64, 64))
     with pytest.raises(ValueError, match="unknown base"):
         FGCAM(tiny_vgg, base="gradcam")
+    with pytest.raises(TypeError, match="CLASSES.index"):
+        fg(images, target="disk")
+    with pytest.raises(TypeError, match="whole class indices"):
+        fg(images, target=2.7)
+    assert torch.equal(fg(images, target=torch.tensor(2.0)), fg(images, target=2))
+    with pytest.raises(TypeError, match="rank fraction"):
+        FGCAM(tiny_vgg, denoise=True)
+    with pytest.raises(ValueError, match="Score-CAM variant"):
+        FGCAM(tiny_vgg, base="score_cam", score_cam_variant="x")
     bad = nn.Sequential(nn.Conv2d(3, 4, 3), nn.GELU(), nn.Flatten(), nn.Linear(4, 2))
     with pytest.raises(TypeError, match="'1' of type GELU"):
         FGCAM(bad)
@@ -358,3 +367,9 @@ def test_sequential_model_supported(images):
     expl = fg.explain(images, layer=["input", 3])
     top = fg.explain(images, layer=6).components[6].sum((1, 2, 3))
     assert torch.allclose(expl.components["input"].sum((1, 2, 3)), top, rtol=1e-4)
+
+
+def test_score_cam_default_shares_fg_score_cam_weights(tiny_vgg, images):
+    fg = FGCAM(tiny_vgg, base="score_cam")
+    top = fg.index.name(fg.component_position)
+    assert torch.allclose(ScoreCAM(tiny_vgg)(images, layer=top), fg(images, layer=top), rtol=1e-5, atol=1e-7)
