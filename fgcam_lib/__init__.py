@@ -11,11 +11,11 @@ from .presets import Preset, canonical, paper
 from .rules import AlphaBeta, Epsilon, Flat, Pass, PoolZ, WSquare, ZBeta, ZPlus
 
 
-def load_model(name: str, weights=None, device="cpu"):
-    """Load ``"bundled"`` or a torchvision VGG; see :func:`fgcam_lib.models.load_model`."""
-    from .models import load_model as _load
+def load_model(name: str, weights=None, device="cpu", pretrained: bool = True):
+    """Load ``"bundled"`` or a torchvision VGG: ``(model, preprocess)``; see :func:`fgcam_lib.models.load_model`."""
+    from .models import load_model as _load  # lazily: torchvision is only needed here
 
-    return _load(name, weights=weights, device=device)
+    return _load(name, weights=weights, device=device, pretrained=pretrained)
 
 
 __all__ = [

@@ -8,7 +8,7 @@ Command line (``python -m fgcam_lib.evaluate --help``)::
 
 Python::
 
-    >>> df = run_evaluation(model, preprocess, SyntheticScenes("test", 100, size=128),
+    >>> df = run_evaluation(model, preprocess, SyntheticScenes("test", 100, size=96),
     ...                     ["grad_cam", "fg_grad_cam"], [33, "input"], ["adai", "insdel"])
     >>> format_table(summarize(df, table=1))       # the paper's Table 1 layout
 
@@ -702,8 +702,9 @@ def summarize(
     NaN. Render with :func:`format_table`. ``data`` keeps the rows of one data set.
 
     Example:
-        >>> summarize(df).loc[("fg_grad_cam", "33", "average_drop")]
-        mean 19.7  ci_low 18.1  ci_high 21.3  n 500
+        >>> s = summarize(df)                               # one row per method, layer, metric
+        >>> s.loc[("fg_grad_cam", "33", "average_drop")]      # a Series: mean, ci_low, ci_high, n
+        >>> format_table(summarize(df, table=1))              # Table 1 as "mean ± half-width" text
     """
     if data is not None:
         df = df[df["data"] == data]

@@ -54,8 +54,8 @@ class BundledVGG(nn.Module):
     at indices 6, 13, 23, 33, 43 for the VGG16 configuration; ``avgpool``: global average
     pool; ``classifier``: Dropout -> Linear.
 
-    Input B x 3 x S x S (normalised); output B x n_classes logits. With S = 128 the last
-    feature map (``features[43]``) is B x C x 4 x 4.
+    Input B x 3 x S x S (normalised); output B x n_classes logits. With S = 96 (the bundled
+    model's input size) the last feature map (``features[43]``) is B x C x 3 x 3.
     """
 
     def __init__(self, cfg: Sequence[int | str] | None = None, n_classes: int = 8, dropout: float = 0.2) -> None:
@@ -200,7 +200,7 @@ def _load_bundled(weights: str | os.PathLike | None) -> tuple[nn.Module, Preproc
     card_path = ckpt_path.with_suffix(".json")
     if weights == "random":
         card = _read_card(card_path) if card_path.is_file() else {
-            "cfg": scaled_cfg(8), "classes": _scene_classes(), "input_size": 128,
+            "cfg": scaled_cfg(8), "classes": _scene_classes(), "input_size": 96,
             "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
         model = BundledVGG(card["cfg"], n_classes=len(card["classes"]))
     else:

@@ -219,7 +219,7 @@ class SyntheticScenes(Dataset):
             "train_pairs" (two objects, for training), "val" (one object).
         n: number of scenes.
         seed: base seed of the random streams.
-        size: image side in pixels.
+        size: image side in pixels (default 96, the bundled model's input size).
         occlusion: probability that an object is partly hidden by a clutter blob.
 
     ``ds[i]`` is a dict: image 3 x H x W float32 in [0, 1], label int, classes LongTensor N,
@@ -229,7 +229,7 @@ class SyntheticScenes(Dataset):
 
     CLASSES: list[str] = CLASSES
 
-    def __init__(self, split: str = "test", n: int = 500, seed: int = 0, size: int = 128,
+    def __init__(self, split: str = "test", n: int = 500, seed: int = 0, size: int = 96,
                  occlusion: float = 0.3) -> None:
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; valid: {sorted(SPLITS)}")
