@@ -70,7 +70,8 @@ def run(n_single: int = 3, n_pairs: int = 2, out: str | Path = "figures", seed: 
 
     t0 = time.time()
     maps = explain_all(model, x)
-    print(f"explained {len(x)} scenes x 4 methods x 4 layers in {time.time() - t0:.1f} s")
+    print(f"explained {len(x)} scenes with 4 methods at layers 33, 23, 13 (+ the input for FG-CAM) "
+          f"in {time.time() - t0:.1f} s")
     titles = [f"{t}" for t in truth]
     for i in range(len(x)):
         fig = viz.grid(images, maps, layout="layers", image_index=i, title=f"Scene {i}: {truth[i]} (predicted {classes[logits[i].argmax()]})")
@@ -85,12 +86,13 @@ def run(n_single: int = 3, n_pairs: int = 2, out: str | Path = "figures", seed: 
     fg = FGCAM(model, denoise=0.1)
     px = x[n_single:]
     per_class = {}
-    for k in range(2):
+    for k, which in enumerate(("first", "second")):
         tgt = [int(it["classes"][k]) for it in items[n_single:]]
-        per_class[f"for object {k + 1}'s class"] = fg(px, target=tgt, layer="input")
+        per_class[f"explaining the {which}\nclass of the row"] = fg(px, target=tgt, layer="input")
     pair_titles = truth[n_single:]
     fig = viz.grid(images[n_single:], per_class, layout="images", image_titles=pair_titles,
-                   title="FG-Grad-CAM (denoising) at the input, one map per object's class")
+                   title="FG-Grad-CAM (denoising) at the input, one map per object's class\n"
+                         "(where the other object lights up too, the map is not class-specific)")
     written.append(viz.save(fig, out / "demo_pairs.png"))
 
     try:

@@ -334,7 +334,9 @@ def _add_colorbars(
     for signed in used:
         cb = fig.colorbar(ScalarMappable(norm=_norm(signed), cmap=_cmap(signed, cmap)), ax=panels,
                           shrink=0.8 if len(used) == 1 else 0.6, aspect=30, pad=0.01)
-        cb.set_label("signed relevance (/ max |R|)" if signed else "relevance (min-max)", fontsize=8)
+        # every panel is scaled on its own: the bar gives the scale of each map, not a shared one
+        cb.set_label("signed relevance, each map / its max |R|" if signed else "relevance, each map min-max scaled",
+                     fontsize=8)
         cb.ax.tick_params(labelsize=7)
 
 
