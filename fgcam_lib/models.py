@@ -110,10 +110,9 @@ class Preprocess:
     def to_tensor(self, x: Any) -> torch.Tensor:
         """Input of any accepted kind -> B x 3 x H x W float in [0, 1] (not resized)."""
         if isinstance(x, (str, os.PathLike)):
-            from PIL import Image
+            from .data import load_image  # one reader: clear errors, EXIF orientation
 
-            with Image.open(x) as im:
-                x = im.convert("RGB")
+            x = load_image(x)
         if not isinstance(x, torch.Tensor):  # PIL image or array-like H x W x 3
             import numpy as np
 

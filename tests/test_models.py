@@ -102,6 +102,8 @@ def test_preprocess_inputs(tmp_path: Path) -> None:
     img.save(tmp_path / "a.png")
     assert torch.allclose(pre(tmp_path / "a.png"), batch, atol=0.02)
     assert pre(torch.rand(4, 3, 32, 32)).shape == (4, 3, 32, 32)
+    with pytest.raises(FileNotFoundError, match="missing.png"):
+        pre(tmp_path / "missing.png")
 
 
 def test_training_script_tiny_epoch(tmp_path: Path) -> None:
