@@ -100,6 +100,27 @@ class Explainer:
             raise ValueError(f"x has {x.shape[1]} channels; the model's first conv expects {self.in_channels}")
         if not x.is_floating_point():
             raise TypeError(f"x must be a floating-point tensor, got {x.dtype}")
+        need = self._min_size()
+        if x.shape[-2] < need[0] or x.shape[-1] < need[1]:
+            raise ValueError(f"x is {x.shape[-2]} x {x.shape[-1]} pixels; this model's convolutions and poolings "
+                             f"need at least {need[0]} x {need[1]} (resize the images, e.g. with the model's preprocess)")
+
+    def _min_size(self) -> tuple[int, int]:
+        """Smallest (H, W) input whose feature maps stay at least 1 x 1 through every layer."""
+        need = [1, 1]
+        for layer in reversed(self.index.layers):  # from the last spatial layer back to the input
+            m = layer.module
+            if isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
+                need = [1, 1]
+            elif isinstance(m, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
+                pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)  # noqa: E731
+                k, st, pad = pair(m.kernel_size), pair(m.stride), pair(m.padding)
+                dil = pair(getattr(m, "dilation", 1)) if not isinstance(m, nn.AvgPool2d) else (1, 1)
+                if isinstance(pad[0], str):  # "same"/"valid" convolutions
+                    pad = (0, 0) if pad[0] == "valid" else tuple((d * (q - 1)) // 2 for d, q in zip(dil, k))
+                need = [max(1, (n - 1) * s + d * (q - 1) + 1 - 2 * p)
+                        for n, s, d, q, p in zip(need, st, dil, k, pad)]
+        return need[0], need[1]
 
     def _specs(self, layer: LayerSpec | Sequence[LayerSpec] | None) -> tuple[list[LayerSpec], bool]:
         if layer is None:

@@ -332,6 +332,10 @@ def test_clear_errors(tiny_vgg, images):
         fg(images[0])
     with pytest.raises(ValueError, match="channels"):
         fg(torch.randn(1, 1, 64, 64))
+    side = 2 ** sum(isinstance(m, nn.MaxPool2d) for m in tiny_vgg.modules())  # 2 x 2 pools, padded 3 x 3 convs
+    with pytest.raises(ValueError, match=f"at least {side} x {side}"):
+        fg(torch.randn(1, 3, side - 1, 64))
+    assert fg(torch.randn(1, 3, side, side)).shape == (1, side, side)
     with pytest.raises(ValueError, match="unknown base"):
         FGCAM(tiny_vgg, base="gradcam")
     with pytest.raises(TypeError, match="CLASSES.index"):
