@@ -41,7 +41,11 @@ class Explanation:
 
     def map(self, layer: LayerSpec, signed: bool = False) -> Tensor:
         """Eq. 8: ``ReLU(sum_c I_c)``, B x h x w (no ReLU when ``signed``)."""
-        m = self.components[layer].sum(1)
+        comps = self.components[layer]
+        if comps.dim() != 4:
+            raise ValueError(f"layer {layer!r} has no spatial map: its relevance is {tuple(comps.shape)} "
+                             f"(batch x units); read it from .components[{layer!r}]")
+        m = comps.sum(1)
         return m if signed else m.clamp(min=0)
 
 

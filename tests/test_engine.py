@@ -338,6 +338,9 @@ def test_clear_errors(tiny_vgg, images):
     assert fg(torch.randn(1, 3, side, side)).shape == (1, side, side)
     with pytest.raises(ValueError, match="unknown base"):
         FGCAM(tiny_vgg, base="gradcam")
+    with pytest.raises(ValueError, match="no spatial map"):
+        LRP(tiny_vgg)(images, layer="classifier.1")
+    assert LRP(tiny_vgg).explain(images, layer="classifier.1").components["classifier.1"].dim() == 2
     with pytest.raises(TypeError, match="CLASSES.index"):
         fg(images, target="disk")
     with pytest.raises(TypeError, match="whole class indices"):
