@@ -507,10 +507,14 @@ def run_evaluation(
     def missing(i: str, m: str, l: str, g: str) -> bool:
         return (i, m, l, g) not in done
 
-    bar = tqdm(total=count, desc=f"evaluate {data_name}", unit="img", disable=not progress)
+    todo = [j for j in range(count) if any(missing(ids[j], m, l, g) for m in explainers for l in plan[m]
+                                           for g in groups)]
+    # the bar counts only images still to compute, so its rate and ETA hold on a resumed run
+    bar = tqdm(total=len(todo), desc=f"evaluate {data_name} ({count - len(todo)} stored)", unit="img",
+               disable=not progress)
+    pending = set(todo)
     for s in range(0, count, batch_size):
-        chunk = [j for j in range(s, min(s + batch_size, count))
-                 if any(missing(ids[j], m, l, g) for m in explainers for l in plan[m] for g in groups)]
+        chunk = [j for j in range(s, min(s + batch_size, count)) if j in pending]
         if chunk:
             cols = _evaluate_batch(model, preprocess, dataset, chunk, [ids[j] for j in chunk], device, explainers,
                                    plan, groups, missing, target, seed, metric_batch_size, metric_kwargs or {},
@@ -522,7 +526,7 @@ def run_evaluation(
             done |= {(i, m, l, _GROUP_OF[k]) for i, m, l, k in zip(rows["image_id"], rows["method"], rows["layer"],
                                                                     rows["metric"])}
             computed += len(chunk)
-        bar.update(min(s + batch_size, count) - s)
+            bar.update(len(chunk))
     bar.close()
     df = pd.concat([stored] + new, ignore_index=True) if new else stored
     wanted = {g2 for g in groups for g2 in METRIC_GROUPS[g]}
