@@ -11,7 +11,7 @@ components, ReLU applied unless ``signed=True``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence, Union
+from typing import Any, Sequence, Union
 
 import torch
 from torch import nn
@@ -111,13 +111,15 @@ class Explainer:
 
     def _min_size(self) -> tuple[int, int]:
         """Smallest (H, W) input whose feature maps stay at least 1 x 1 through every layer."""
+        def pair(v: Any) -> tuple:
+            return (v, v) if isinstance(v, int) else tuple(v)
+
         need = [1, 1]
         for layer in reversed(self.index.layers):  # from the last spatial layer back to the input
             m = layer.module
             if isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
                 need = [1, 1]
             elif isinstance(m, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
-                pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)  # noqa: E731
                 k, st, pad = pair(m.kernel_size), pair(m.stride), pair(m.padding)
                 dil = pair(getattr(m, "dilation", 1)) if not isinstance(m, nn.AvgPool2d) else (1, 1)
                 if isinstance(pad[0], str):  # "same"/"valid" convolutions

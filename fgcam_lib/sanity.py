@@ -362,16 +362,16 @@ def weight_ablation(
     if reference:
         e = real.explain(x, runner_up(model, x), layers)
         variants["runner-up class"] = {l: e.map(l, signed=signed) for l in layers}
-    rows = []
+    refs = {l: expl.map(l, signed=signed) for l in layers}
+    frames = []
     for variant, maps in variants.items():
         for l in layers:
-            ref = expl.map(l, signed=signed)
-            s, sa = M.similarity(ref, maps[l]), M.similarity(ref, maps[l], absolute=True)
-            for i in range(x.shape[0]):
-                rows.append({"variant": variant, "layer": str(l), "image": i,
-                             "spearman": float(s["spearman"][i]), "ssim": float(s["ssim"][i]),
-                             "spearman_abs": float(sa["spearman"][i]), "ssim_abs": float(sa["ssim"][i])})
-    return pd.DataFrame(rows)
+            s, sa = M.similarity(refs[l], maps[l]), M.similarity(refs[l], maps[l], absolute=True)
+            frames.append(pd.DataFrame({
+                "variant": variant, "layer": str(l), "image": np.arange(x.shape[0]),
+                "spearman": s["spearman"].double().numpy(), "ssim": s["ssim"].double().numpy(),
+                "spearman_abs": sa["spearman"].double().numpy(), "ssim_abs": sa["ssim"].double().numpy()}))
+    return pd.concat(frames, ignore_index=True)
 
 
 def _fg_kwargs(real: FGCAM, kw: Mapping[str, Any]) -> dict[str, Any]:
