@@ -20,7 +20,7 @@ import torchvision
 
 from fgcam_lib import FGCAM, GradCAM
 from fgcam_lib.cam import score_cam_weights
-from fgcam_lib.propagate import forward
+from fgcam_lib.engine.walk import forward
 
 PAPER_LAYERS = [-1, 13, 23, 33]
 
@@ -67,7 +67,7 @@ def bench(batch: int, size: int, repeats: int, device: torch.device, score_cam: 
     if score_cam:
         fgs = FGCAM(model, base="score_cam", batch_size=32)
         with torch.no_grad():
-            A = forward(fg.index.layers, x, keep_from=99, keep=[43]).acts[43]
+            A = forward(fg.graph, x, keep=[fg.component_position]).acts[fg.component_position]
         logits_fn = lambda z: model(z)  # noqa: E731
         target = torch.zeros(batch, dtype=torch.long, device=device)
         with torch.no_grad():

@@ -7,8 +7,8 @@
 from .base import Explainer, Explanation
 from .cam import GradCAM, GradCAMpp, LayerCAM, ScoreCAM, XGradCAM
 from .fgcam import CLRP, FGCAM, LRP, SGLRP, denoise
-from .presets import Preset, canonical, paper
-from .rules import AlphaBeta, Epsilon, Flat, Pass, PoolZ, WSquare, ZBeta, ZPlus
+from .engine.presets import Preset, canonical, paper
+from .engine.rules import AlphaBeta, Epsilon, Flat, Pass, PoolZ, WSquare, ZBeta, ZPlus
 
 
 def load_model(name: str, weights=None, device="cpu", pretrained: bool = True):

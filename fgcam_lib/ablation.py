@@ -42,8 +42,6 @@ from . import metrics as M
 from .base import Explainer, resolve_target
 from .fgcam import FGCAM, denoise, denoise_rank
 from .methods import is_input_layer
-from .presets import bind
-from .propagate import forward, propagate
 from .stats import bootstrap_ci, mean_ci
 
 if TYPE_CHECKING:  # pandas is imported lazily, inside the functions that tabulate
@@ -298,26 +296,24 @@ def fgcam_maps(
     """
     if fg.denoise is not None:
         raise ValueError("fgcam_maps needs an FGCAM without denoising (denoise=None); ranks are its variants")
-    positions = [fg.index.position(layer) for layer in layers]
+    positions = [fg.graph.position(layer) for layer in layers]
     for layer, p in zip(layers, positions):
         fg._check_position(p, str(layer))
-    lowest = min(positions)
-    bound = bind(fg.preset, fg.index.layers)
 
     def source(x: Tensor, target: Tensor) -> list[MapSet]:
+        bound = fg._bound()
         if components is None:
-            I, _, tgt, _, trace = fg.components_at_top(x, target, keep_from=lowest)
+            I, _, tgt, _, trace = fg.components_at_top(x, target, keep_from=positions, bound=bound)
         else:
             with torch.no_grad():
-                trace = forward(fg.index.layers, x, keep_from=lowest, keep=[fg.component_position])
+                trace = fg._trace(x, fg.component_position, positions, keep=[fg.component_position], bound=bound)
                 tgt = resolve_target(target, trace.out)
             I = components(x, tgt)
         I = I.detach()
         out = []
         for name, rank in variants.items():
             Ir = I if rank is None else denoise_to_rank(I, int(rank))
-            with torch.no_grad():
-                R = propagate(bound, trace, Ir, fg.component_position, positions)
+            R = fg.propagate(trace, Ir, fg.component_position, positions, bound)
             for layer, p in zip(layers, positions):
                 s = signed(name, layer)
                 m = R[p].sum(1)
@@ -486,7 +482,7 @@ def relevance_sums(fg: FGCAM, x: Tensor, layers: Sequence[int | str], target: Te
     """
     import pandas as pd
 
-    top = fg.index.name(fg.component_position)
+    top = fg.component_layer
     expl = fg.explain(x, target, [top] + [layer for layer in layers if layer_key(layer) != layer_key(top)])
     I = expl.components[top].detach().double()
     s0, a0 = I.sum((1, 2, 3)), I.abs().sum((1, 2, 3))

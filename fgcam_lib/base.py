@@ -5,7 +5,7 @@
     explainer.explain(x, target, layer)  -> Explanation (per-channel components, weights, logits)
 
 ``target``: None (each image's top-1 class), an int, or one class per image.
-``layer``: see :mod:`fgcam_lib.layers`. Maps are Eq. 8: the channel sum of the
+``layer``: a layer name, see :mod:`fgcam_lib.engine.graph` (``explainer.layers`` lists them). Maps are Eq. 8: the channel sum of the
 components, ReLU applied unless ``signed=True``.
 """
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Any, Sequence, Union
 import torch
 from torch import nn
 
-from .layers import INPUT, LayerIndex
-from .propagate import eval_mode
+from .engine.graph import INPUT, Graph, graph_of
+from .engine.walk import eval_mode
 
 Tensor = torch.Tensor
 LayerSpec = Union[int, str]
@@ -81,9 +81,17 @@ class Explainer:
     default_layer: LayerSpec = "input"
 
     def __init__(self, model: nn.Module):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}")
         self.model = model
-        self.index = LayerIndex(model)
-        self.in_channels = self.index.first_conv().in_channels
+        self.graph: Graph = graph_of(model)
+        first = [n.module for n in self.graph.nodes if isinstance(n.module, nn.Conv2d)]
+        self.in_channels = first[0].in_channels if first else None
+
+    @property
+    def layers(self) -> list[str]:
+        """Every valid layer name of the model, ``"input"`` first, in forward order."""
+        return self.graph.names
 
     # -- subclasses implement ------------------------------------------------------
     def _explain(self, x: Tensor, target: Target, positions: list[int]) -> tuple[list[Tensor], Tensor, Tensor, Tensor | None]:
@@ -95,38 +103,24 @@ class Explainer:
 
     # -- shared --------------------------------------------------------------------
     def _check_input(self, x: Tensor) -> None:
+        C = self.in_channels if self.in_channels is not None else "C"
         if not isinstance(x, torch.Tensor):
-            raise TypeError(f"x must be a torch.Tensor of shape B x {self.in_channels} x H x W, not {type(x).__name__}")
+            raise TypeError(f"x must be a torch.Tensor of shape B x {C} x H x W, not {type(x).__name__}")
         if x.dim() != 4:
             hint = " (add a batch dimension: x.unsqueeze(0))" if x.dim() == 3 else ""
             raise ValueError(f"x must have 4 dimensions B x C x H x W, got shape {tuple(x.shape)}{hint}")
-        if x.shape[1] != self.in_channels:
+        if self.in_channels is not None and x.shape[1] != self.in_channels:
             raise ValueError(f"x has {x.shape[1]} channels; the model's first conv expects {self.in_channels}")
         if not x.is_floating_point():
             raise TypeError(f"x must be a floating-point tensor, got {x.dtype}")
-        need = self._min_size()
+
+    def _too_small(self, x: Tensor) -> ValueError | None:
+        """The error for an input smaller than the model's convolutions and poolings allow."""
+        need = self.graph.min_size(x)
         if x.shape[-2] < need[0] or x.shape[-1] < need[1]:
-            raise ValueError(f"x is {x.shape[-2]} x {x.shape[-1]} pixels; this model's convolutions and poolings "
-                             f"need at least {need[0]} x {need[1]} (resize the images, e.g. with the model's preprocess)")
-
-    def _min_size(self) -> tuple[int, int]:
-        """Smallest (H, W) input whose feature maps stay at least 1 x 1 through every layer."""
-        def pair(v: Any) -> tuple:
-            return (v, v) if isinstance(v, int) else tuple(v)
-
-        need = [1, 1]
-        for layer in reversed(self.index.layers):  # from the last spatial layer back to the input
-            m = layer.module
-            if isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
-                need = [1, 1]
-            elif isinstance(m, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
-                k, st, pad = pair(m.kernel_size), pair(m.stride), pair(m.padding)
-                dil = pair(getattr(m, "dilation", 1)) if not isinstance(m, nn.AvgPool2d) else (1, 1)
-                if isinstance(pad[0], str):  # "same"/"valid" convolutions
-                    pad = (0, 0) if pad[0] == "valid" else tuple((d * (q - 1)) // 2 for d, q in zip(dil, k))
-                need = [max(1, (n - 1) * s + d * (q - 1) + 1 - 2 * p)
-                        for n, s, d, q, p in zip(need, st, dil, k, pad)]
-        return need[0], need[1]
+            return ValueError(f"x is {x.shape[-2]} x {x.shape[-1]} pixels; this model's convolutions and poolings "
+                              f"need at least {need[0]} x {need[1]} (resize the images, e.g. with the model's preprocess)")
+        return None
 
     def _specs(self, layer: LayerSpec | Sequence[LayerSpec] | None) -> tuple[list[LayerSpec], bool]:
         if layer is None:
@@ -141,11 +135,20 @@ class Explainer:
         """Components at each requested layer plus the target, logits and CAM weights."""
         self._check_input(x)
         specs, _ = self._specs(layer)
-        positions = [self.index.position(s) for s in specs]
+        positions = [self.graph.position(s) for s in specs]
         for s, p in zip(specs, positions):
             self._check_position(p, str(s))
-        with eval_mode(self.model):
-            comps, tgt, logits, weights = self._explain(x, target, sorted(set(positions)))
+        # explainers take their own gradients: they work inside no_grad() and inference_mode()
+        with torch.inference_mode(False), torch.enable_grad(), eval_mode(self.model):
+            if x.is_inference():
+                x = x.clone()
+            try:
+                comps, tgt, logits, weights = self._explain(x, target, sorted(set(positions)))
+            except RuntimeError as exc:
+                small = self._too_small(x)
+                if small is not None:
+                    raise small from None
+                raise exc
         by_pos = dict(zip(sorted(set(positions)), comps))
         return Explanation({s: by_pos[p] for s, p in zip(specs, positions)}, tgt, logits.detach(), weights)
 
@@ -164,9 +167,11 @@ class Explainer:
 
     def _feature_map_check(self, position: int, name: str, method: str) -> None:
         if position == INPUT:
-            raise ValueError(f"{method} is not defined at the input; pick a feature layer such as 'features.13'")
-        if position > self.index.default_component_layer():
+            raise ValueError(f"{method} is not defined at the input; pick a feature layer such as "
+                             f"{self.graph.name(self.graph.default_component_layer())!r}")
+        top = self.graph.default_component_layer()
+        if not self.graph.reaches(position, top):
             raise ValueError(
-                f"layer {name!r} is above the last feature layer "
-                f"{self.index.name(self.index.default_component_layer())!r}; {method} needs a B x C x H x W feature map"
+                f"layer {name!r} is {self.graph.where(position, top)} the last feature layer "
+                f"{self.graph.name(top)!r}; {method} needs a B x C x H x W feature map"
             )

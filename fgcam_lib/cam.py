@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .base import Explainer, Target, resolve_target
-from .propagate import forward
-from .rules import safe_div
+from .engine.rules import safe_div
+from .engine.walk import forward
 
 Tensor = torch.Tensor
 
@@ -97,7 +97,7 @@ class _CAM(Explainer):
 
     def __init__(self, model):
         super().__init__(model)
-        self.default_layer = self.index.name(self.index.default_component_layer())
+        self.default_layer = self.graph.name(self.graph.default_component_layer())
 
     def _check_position(self, position, name):
         self._feature_map_check(position, name, self.name)
@@ -106,7 +106,9 @@ class _CAM(Explainer):
         raise NotImplementedError
 
     def _explain(self, x, target, positions):
-        trace = forward(self.index.layers, x, keep_from=len(self.index), keep=positions, grad_from=positions[0])
+        # gradients start at the requested layers that no other requested layer feeds
+        lowest = [p for p in positions if not any(q != p and self.graph.reaches(q, p) for q in positions)]
+        trace = forward(self.graph, x, keep=positions, grad_at=lowest)
         logits = trace.out
         tgt = resolve_target(target, logits.detach())
         acts = [trace.acts[p] for p in positions]
@@ -165,11 +167,11 @@ class ScoreCAM(_CAM):
         self.variant, self.batch_size, self.align_corners, self.progress = variant, batch_size, align_corners, progress
 
     def _logits(self, x: Tensor) -> Tensor:
-        return forward(self.index.layers, x, keep_from=len(self.index)).out
+        return forward(self.graph, x).out
 
     def _explain(self, x, target, positions):
         with torch.no_grad():
-            trace = forward(self.index.layers, x, keep_from=len(self.index), keep=positions)
+            trace = forward(self.graph, x, keep=positions)
             tgt = resolve_target(target, trace.out)
             comps = []
             for p in positions:

@@ -26,8 +26,7 @@ import torch
 
 from .base import LayerSpec, Target
 from .fgcam import FGCAM, denoise, denoise_rank
-from .presets import bind
-from .propagate import Trace, eval_mode, propagate
+from .engine.walk import Trace, eval_mode
 
 Tensor = torch.Tensor
 
@@ -87,10 +86,20 @@ def relu_budget(signed_maps: Tensor) -> dict[str, Tensor]:
             "pixels_removed": (m < 0).float().mean(1)}
 
 
-def _repeat_trace(trace: Trace, times: int, lowest: int) -> Trace:
-    """The trace of a batch where every image appears ``times`` times in a row (positions >= ``lowest``)."""
-    acts = {p: a.detach().repeat_interleave(times, 0) for p, a in trace.acts.items() if p >= lowest}
-    shapes = {p: torch.Size((s[0] * times,) + tuple(s[1:])) for p, s in trace.shapes.items()}
+def _repeat(v, times: int):
+    if isinstance(v, torch.Tensor):
+        return v.detach().repeat_interleave(times, 0)
+    if isinstance(v, torch.Size):
+        return torch.Size((v[0] * times,) + tuple(v[1:]))
+    if isinstance(v, (tuple, list)) and v and isinstance(v[0], (torch.Tensor, torch.Size)):
+        return type(v)(_repeat(t, times) for t in v)
+    return v
+
+
+def _repeat_trace(trace: Trace, times: int) -> Trace:
+    """The trace of a batch where every image appears ``times`` times in a row."""
+    acts = {p: _repeat(a, times) for p, a in trace.acts.items()}
+    shapes = {p: _repeat(s, times) for p, s in trace.shapes.items()}
     return Trace(acts, shapes, None)
 
 
@@ -117,12 +126,13 @@ class TopComponents:
     lowest: LayerSpec = "input"
 
     def __post_init__(self) -> None:
-        self._lowest = self.fg.index.position(self.lowest)
+        self._lowest = self.fg.graph.position(self.lowest)
         with eval_mode(self.fg.model):
-            I, w, tgt, logits, trace = self.fg.components_at_top(self.x, self.target, keep_from=self._lowest)
+            self._bound = self.fg._bound()
+            I, w, tgt, logits, trace = self.fg.components_at_top(self.x, self.target, keep_from=self._lowest,
+                                                                 bound=self._bound)
         self.components, self.weights = I.detach(), w.detach()
         self.target, self.logits, self.trace = tgt, logits, trace
-        self._bound = bind(self.fg.preset, self.fg.index.layers)
 
     @property
     def channels(self) -> int:
@@ -136,11 +146,12 @@ class TopComponents:
 
     def _positions(self, layers: Iterable[LayerSpec]) -> list[tuple[LayerSpec, int]]:
         out = []
+        graph = self.fg.graph
         for spec in layers:
-            p = self.fg.index.position(spec)
-            if p > self.fg.component_position:
-                raise ValueError(f"layer {spec!r} is above the component layer")
-            if p < self._lowest:
+            p = graph.position(spec)
+            if not graph.reaches(p, self.fg.component_position):
+                raise ValueError(f"layer {spec!r} is {graph.where(p, self.fg.component_position)} the component layer")
+            if not graph.reaches(self._lowest, p):
                 raise ValueError(f"layer {spec!r} is below {self.lowest!r}, the lowest layer kept in the trace")
             out.append((spec, p))
         return out
@@ -154,8 +165,7 @@ class TopComponents:
         if I.shape != self.components.shape:
             raise ValueError(f"components must have shape {tuple(self.components.shape)}, got {tuple(I.shape)}")
         pos = self._positions(layers)
-        with torch.no_grad():
-            R = propagate(self._bound, self.trace, I, self.fg.component_position, [p for _, p in pos])
+        R = self.fg.propagate(self.trace, I, self.fg.component_position, [p for _, p in pos], self._bound)
         return {spec: R[p] for spec, p in pos}
 
     def per_channel(
@@ -178,14 +188,12 @@ class TopComponents:
         pos = self._positions(layers)
         B = I.shape[0]
         parts: dict[LayerSpec, list[Tensor]] = {spec: [] for spec, _ in pos}
-        lowest = min(p for _, p in pos)  # the walk reads activations at its stops and above only
         for start in range(0, len(chans), max(1, chunk)):
             group = chans[start:start + max(1, chunk)]
             k = len(group)
             R0 = channel_pieces(I, group).reshape((B * k,) + tuple(I.shape[1:]))
-            with torch.no_grad():
-                R = propagate(self._bound, _repeat_trace(self.trace, k, lowest), R0, self.fg.component_position,
-                              [p for _, p in pos])
+            R = self.fg.propagate(_repeat_trace(self.trace, k), R0, self.fg.component_position,
+                                  [p for _, p in pos], self._bound)
             for spec, p in pos:
                 r = R[p].reshape((B, k) + tuple(R[p].shape[1:]))
                 parts[spec].append(r.sum(2) if sum_channels else r)

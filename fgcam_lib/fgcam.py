@@ -13,10 +13,10 @@ import torch
 
 from .base import Explainer, Target, resolve_target
 from .cam import GRADIENT_WEIGHTS, score_cam_weights
-from .layers import INPUT
-from .presets import IMAGENET_MEAN, IMAGENET_STD, Preset, bind, get_preset
-from .propagate import forward, propagate
-from .rules import Rule
+from .engine.graph import INPUT
+from .engine.presets import IMAGENET_MEAN, IMAGENET_STD, Preset, bind, get_preset
+from .engine.rules import Rule
+from .engine.walk import Trace, forward, plan, propagate
 
 Tensor = torch.Tensor
 
@@ -64,10 +64,25 @@ class _Propagating(Explainer):
         mean = mean if mean is not None else card.get("mean", IMAGENET_MEAN)
         std = std if std is not None else card.get("std", IMAGENET_STD)
         self.preset = get_preset(rules, mean, std)
-        self.preset.check_keys([layer.name for layer in self.index.layers])
+        self.preset.check_keys(self.graph)
 
     def _bound(self):
-        return bind(self.preset, self.index.layers)
+        """Rules per node, bound afresh each call (folded BN follows the current weights)."""
+        return bind(self.preset, self.graph)
+
+    def propagate(self, trace: Trace, relevance: Tensor, start: int, positions: Sequence[int],
+                  bound=None) -> dict[int, Tensor]:
+        """Push ``relevance`` (the shape of the activation at ``start``) down to ``positions``
+        with this explainer's rules, one walk for all: ``{position: relevance}``."""
+        bound = self._bound() if bound is None else bound
+        with torch.no_grad():
+            return propagate(self.graph, bound, trace, relevance, plan(self.graph, bound, start, positions))
+
+    def _trace(self, x: Tensor, start: int, stops: Sequence[int], grad_at: Sequence[int] = (),
+               keep: Sequence[int] = (), bound=None) -> Trace:
+        """A forward keeping what a walk from ``start`` down to ``stops`` reads."""
+        walk = plan(self.graph, self._bound() if bound is None else bound, start, stops)
+        return forward(self.graph, x, keep=set(walk.keep) | set(keep), grad_at=grad_at)
 
 
 class FGCAM(_Propagating):
@@ -106,27 +121,31 @@ class FGCAM(_Propagating):
             raise ValueError(f"unknown Score-CAM variant {score_cam_variant!r}; use 'paper' or 'common'")
         self.base, self.denoise = base, denoise
         self.component_position = (
-            self.index.default_component_layer() if component_layer is None else self.index.position(component_layer)
+            self.graph.default_component_layer() if component_layer is None else self.graph.position(component_layer)
         )
         if self.component_position == INPUT:
             raise ValueError("component_layer cannot be the input")
+        self.component_layer = self.graph.name(self.component_position)
         self.score_cam_variant, self.batch_size, self.progress = score_cam_variant, batch_size, progress
 
     def _check_position(self, position, name):
-        if position > self.component_position:
+        if not self.graph.reaches(position, self.component_position):
             raise ValueError(
-                f"layer {name!r} is above the component layer {self.index.name(self.component_position)!r}; "
+                f"layer {name!r} is {self.graph.where(position, self.component_position)} the component layer "
+                f"{self.component_layer!r}; "
                 "FG-CAM explains at that layer or below it"
             )
 
-    def components_at_top(self, x: Tensor, target: Target = None, keep_from: int | None = None):
-        """Step 1 (+ denoising): ``(I_L, weights, target, logits, trace)``; I_L is B x C x H x W."""
+    def components_at_top(self, x: Tensor, target: Target = None, keep_from: int | Sequence[int] | None = None,
+                          bound=None):
+        """Step 1 (+ denoising): ``(I_L, weights, target, logits, trace)``; I_L is B x C x H x W.
+
+        ``keep_from``: the position(s) anything will later be propagated down to (default: none).
+        """
         L = self.component_position
         grad = self.base in GRADIENT_WEIGHTS
-        trace = forward(
-            self.index.layers, x, keep_from=L if keep_from is None else keep_from, keep=[L],
-            grad_from=L if grad else None,
-        )
+        stops = [L] if keep_from is None else ([keep_from] if isinstance(keep_from, int) else list(keep_from))
+        trace = self._trace(x, L, stops, grad_at=[L] if grad else (), keep=[L], bound=bound)
         logits = trace.out
         tgt = resolve_target(target, logits.detach())
         A = trace.acts[L]
@@ -137,18 +156,21 @@ class FGCAM(_Propagating):
         else:
             with torch.no_grad():
                 w = score_cam_weights(
-                    lambda z: forward(self.index.layers, z, keep_from=len(self.index)).out,
+                    lambda z: forward(self.graph, z).out,
                     x, A, tgt, self.score_cam_variant, self.batch_size, progress=self.progress,
                 )
+        if A.dim() != 4:
+            raise ValueError(f"the component layer {self.component_layer!r} gives {tuple(A.shape)}, not a "
+                             "B x C x H x W feature map; pass component_layer")
         I = w[:, :, None, None] * A
         if self.denoise is not None:
             I = denoise(I, self.denoise)
         return I, w, tgt, logits.detach(), trace
 
     def _explain(self, x, target, positions):
-        I, w, tgt, logits, trace = self.components_at_top(x, target, keep_from=positions[0])
-        with torch.no_grad():
-            R = propagate(self._bound(), trace, I, self.component_position, positions)
+        bound = self._bound()
+        I, w, tgt, logits, trace = self.components_at_top(x, target, keep_from=positions, bound=bound)
+        R = self.propagate(trace, I, self.component_position, positions, bound)
         return [R[p] for p in positions], tgt, logits, w
 
 
@@ -160,12 +182,13 @@ class LRP(_Propagating):
         return onehot * logits
 
     def _explain(self, x, target, positions):
+        bound = self._bound()
         with torch.no_grad():
-            trace = forward(self.index.layers, x, keep_from=positions[0])
+            trace = self._trace(x, self.graph.output, positions, bound=bound)
             logits = trace.out
             tgt = resolve_target(target, logits)
             R0 = self.output_relevance(logits, tgt)
-            R = propagate(self._bound(), trace, R0, len(self.index) - 1, positions)
+        R = self.propagate(trace, R0, self.graph.output, positions, bound)
         return [R[p] for p in positions], tgt, logits, None
 
 

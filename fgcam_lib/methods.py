@@ -36,8 +36,8 @@ from torch import nn
 from .base import Explainer
 from .cam import GradCAM, GradCAMpp, LayerCAM, ScoreCAM, XGradCAM
 from .fgcam import CLRP, FGCAM, LRP, SGLRP
-from .layers import INPUT, LayerIndex
-from .presets import IMAGENET_MEAN, IMAGENET_STD
+from .engine.graph import INPUT, Graph, graph_of
+from .engine.presets import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [
     "MethodSpec", "METHODS", "FAMILIES", "PAPER_CAM_METHODS", "PAPER_INPUT_METHODS",
@@ -205,14 +205,14 @@ def is_signed(name: str, layer: int | str) -> bool:
     return _spec(name).signed_at_input and is_input_layer(layer)
 
 
-def _position_ok(spec: MethodSpec, index: LayerIndex, position: int) -> bool:
-    """Whether a method of ``spec``'s family is defined at ``position`` of ``index``."""
-    top = index.default_component_layer()
-    if spec.family == "cam":
-        return position != INPUT and position <= top
-    if spec.family == "fgcam":
-        return position <= top
-    return True
+def _position_ok(spec: MethodSpec, graph: Graph, position: int) -> bool:
+    """Whether a method of ``spec``'s family is defined at ``position`` of ``graph``."""
+    if spec.family == "lrp":
+        return True
+    if position != INPUT and not graph.nodes[position].data:
+        return False
+    below = graph.reaches(position, graph.default_component_layer())
+    return below and (spec.family == "fgcam" or position != INPUT)
 
 
 def supports(name: str, layer: int | str, model: nn.Module | None = None) -> bool:
@@ -230,8 +230,8 @@ def supports(name: str, layer: int | str, model: nn.Module | None = None) -> boo
     spec = _spec(name)
     if model is None:
         return not (spec.family == "cam" and is_input_layer(layer))
-    index = LayerIndex(model)
-    return _position_ok(spec, index, index.position(layer))
+    graph = graph_of(model)
+    return _position_ok(spec, graph, graph.position(layer))
 
 
 def method_layers(name: str, model: nn.Module) -> list[str]:
@@ -242,5 +242,5 @@ def method_layers(name: str, model: nn.Module) -> list[str]:
         ['features.0', 'features.1']
     """
     spec = _spec(name)
-    index = LayerIndex(model)
-    return [index.name(p) for p in range(INPUT, len(index)) if _position_ok(spec, index, p)]
+    graph = graph_of(model)
+    return [graph.name(p) for p in range(INPUT, len(graph)) if _position_ok(spec, graph, p)]

@@ -36,7 +36,7 @@ from . import metrics as M
 from . import stats
 from .base import Target
 from .fgcam import FGCAM, denoise
-from .layers import linearize
+from .engine.graph import graph_of
 from .methods import is_signed, make_explainer
 
 if TYPE_CHECKING:
@@ -65,16 +65,18 @@ def randomization_groups(model: nn.Module, by: str = "conv") -> list[list[str]]:
     """
     if by not in ("conv", "stage"):
         raise ValueError(f"unknown grouping {by!r}; use 'conv' or 'stage'")
-    layers = linearize(model)
-    linear = [[layer.name] for layer in layers if isinstance(layer.module, nn.Linear)]
+    graph = graph_of(model)
+    nodes = [n for n in graph.nodes if n.module is not None and n.name in dict(model.named_modules())]
+    linear = [[n.name] for n in nodes if isinstance(n.module, nn.Linear)]
     convs: list[list[str]] = []
     stages: list[list[str]] = [[]]
-    for p, layer in enumerate(layers):
-        m = layer.module
-        if isinstance(m, nn.Conv2d):
-            group = [layer.name]
-            if p + 1 < len(layers) and isinstance(layers[p + 1].module, nn.BatchNorm2d):
-                group.append(layers[p + 1].name)
+    for i, n in enumerate(graph.nodes):
+        m = n.module
+        if isinstance(m, nn.Conv2d) and n in nodes:
+            group = [n.name]
+            bns = [graph.nodes[u] for u in graph.users[i] if isinstance(graph.nodes[u].module, nn.BatchNorm2d)]
+            if len(graph.users[i]) == 1 and bns:  # the BatchNorm right after it
+                group.append(bns[0].name)
             convs.append(group)
             stages[-1].extend(group)
         elif isinstance(m, (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d)) and stages[-1]:
@@ -303,9 +305,9 @@ class AblatedFGCAM(FGCAM):
             raise ValueError(f"unknown ablation {weights!r}; use one of {', '.join(ABLATIONS)}")
         self.ablation, self.seed = weights, seed
 
-    def components_at_top(self, x: Tensor, target: Target = None, keep_from: int | None = None):
+    def components_at_top(self, x: Tensor, target: Target = None, keep_from: int | None = None, bound=None):
         """Step 1 with replaced weights: ``(w' * A_L [denoised], w', target, logits, trace)``."""
-        _, w, tgt, logits, trace = super().components_at_top(x, target, keep_from)
+        _, w, tgt, logits, trace = super().components_at_top(x, target, keep_from, bound)
         A = trace.acts[self.component_position].detach()
         w2 = ablate_weights(w.detach(), self.ablation, self.seed)
         I = w2[:, :, None, None] * A
@@ -376,5 +378,5 @@ def weight_ablation(
 
 def _fg_kwargs(real: FGCAM, kw: Mapping[str, Any]) -> dict[str, Any]:
     """Constructor arguments that rebuild ``real``'s configuration (preset included)."""
-    return {**kw, "rules": real.preset, "component_layer": real.index.name(real.component_position),
+    return {**kw, "rules": real.preset, "component_layer": real.component_layer,
             "batch_size": real.batch_size}

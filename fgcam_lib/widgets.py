@@ -35,9 +35,8 @@ from . import viz
 from .base import Explainer, Explanation
 from .cam import GradCAM, LayerCAM, ScoreCAM
 from .fgcam import BASES, CLRP, FGCAM, LRP, SGLRP, denoise, denoise_rank
-from .layers import INPUT, LayerIndex
-from .presets import bind
-from .propagate import Trace, eval_mode, forward, propagate
+from .engine.graph import INPUT, graph_of
+from .engine.walk import Trace, eval_mode, forward
 
 __all__ = [
     "Explorer", "ExplorerFigure", "Settings", "METHODS", "RULES", "parse_method", "pool_layers", "fraction_choices",
@@ -121,13 +120,13 @@ def pool_layers(model: nn.Module) -> list[int | str]:
 
     For VGG-style models these are ``model.features`` indices; otherwise module paths.
     """
-    index = LayerIndex(model)
-    top = index.default_component_layer()
+    graph = graph_of(model)
+    top = graph.default_component_layer()
     out: list[int | str] = []
-    for p, layer in enumerate(index.layers[: top + 1]):
-        if isinstance(layer.module, (nn.MaxPool2d, nn.AvgPool2d)):
-            name = layer.name
-            out.append(int(name.split(".")[1]) if index.vgg_style and name.startswith("features.") else name)
+    for p, node in enumerate(graph.nodes):
+        if isinstance(node.module, (nn.MaxPool2d, nn.AvgPool2d)) and graph.reaches(p, top):
+            name = graph.name(p)
+            out.append(int(name.split(".")[1]) if graph.vgg_style and name.startswith("features.") else name)
     return out[::-1] + ["input"]
 
 
@@ -240,7 +239,7 @@ class Explorer:
         self.model, self.preprocess = model, preprocess
         self._widgets: dict[str, Any] | None = None
         self._syncing = False
-        self.index = LayerIndex(model)
+        self.graph = graph_of(model)
         self.device = next(model.parameters()).device
         self.images: list[tuple[str, Tensor]] = []
         for i, item in enumerate(_default_images(preprocess.size) if images is None else images):
@@ -250,7 +249,7 @@ class Explorer:
             raise ValueError("Explorer needs at least one image")
         self.layers = pool_layers(model)
         self._shapes = self._layer_shapes()
-        n_classes = int(self._shapes[len(self.index) - 1][1])
+        n_classes = int(self._shapes[self.graph.output][1])
         self.class_names = list(class_names) if class_names is not None else _class_names(model, n_classes)
         self.settings = Settings(layer=self.layers[-1])
         self.calls: Counter[str] = Counter()
@@ -313,7 +312,7 @@ class Explorer:
         """Shape of every position's activation for one input of the model's size."""
         x = torch.zeros(1, 3, self.preprocess.size, self.preprocess.size, device=self.device)
         with torch.no_grad(), eval_mode(self.model):
-            return forward(self.index.layers, x, keep_from=len(self.index)).shapes
+            return forward(self.graph, x).shapes
 
     def probabilities(self, image: Any = None) -> Tensor:
         """Softmax probabilities of one image (default: the current one), a K vector; cached."""
@@ -332,9 +331,9 @@ class Explorer:
 
     def _layer_spec(self, layer: int | str) -> int | str:
         """Validate a layer; a pooling layer or the input comes back as in :attr:`layers` (13, "input")."""
-        position = self.index.position(layer)
+        position = self.graph.position(layer)
         for known in self.layers:
-            if self.index.position(known) == position:
+            if self.graph.position(known) == position:
                 return known
         return layer
 
@@ -369,8 +368,8 @@ class Explorer:
 
     def _positions(self, extra: int, upto: int | None = None) -> list[int]:
         """Positions of the pooling layers and the input (at or below ``upto``), plus ``extra``."""
-        pos = {self.index.position(layer) for layer in self.layers} | {extra}
-        return sorted(p for p in pos if upto is None or p <= upto)
+        pos = {self.graph.position(layer) for layer in self.layers} | {extra}
+        return sorted(p for p in pos if upto is None or self.graph.reaches(p, upto))
 
     def _top(self, s: Settings, target: int, fg: FGCAM) -> _Top:
         """FG-CAM step 1, cached per (image, class, base); the rules do not enter it."""
@@ -387,20 +386,19 @@ class Explorer:
         fg = self.explainer("fg_cam", s.base, s.rules)
         assert isinstance(fg, FGCAM)
         L = fg.component_position
-        if position > L:
-            raise ValueError(f"FG-CAM explains at the component layer {viz.layer_label(self.index.name(L))} "
-                             f"or below it, not at {viz.layer_label(self.index.name(position))}")
+        if not self.graph.reaches(position, L):
+            raise ValueError(f"FG-CAM explains at the component layer {viz.layer_label(self.graph.name(L))} "
+                             f"or below it, not at {viz.layer_label(self.graph.name(position))}")
         top = self._top(s, target, fg)
         I = denoise(top.components, s.fraction) if s.denoise else top.components
         self.calls["propagate"] += 1
-        with torch.no_grad():
-            R = propagate(bind(fg.preset, fg.index.layers), top.trace, I, L, self._positions(position, L))
+        R = fg.propagate(top.trace, I, L, self._positions(position, L))
         return Explanation(R, top.target, top.logits, top.weights, {"top": top.components})
 
     def _other_explanation(self, s: Settings, target: int, position: int) -> Explanation:
         ex = self.explainer(s.method, s.base, s.rules)
         positions = self._positions(position) if s.method in LRPS else [position]
-        names = [self.index.name(p) for p in positions]
+        names = [self.graph.name(p) for p in positions]
         self.calls["explain"] += 1
         expl = ex.explain(self._input(s.image), target, names)
         return Explanation({p: expl.components[n].detach() for p, n in zip(positions, names)},
@@ -410,7 +408,7 @@ class Explorer:
         """``(explanation with components keyed by position, position)`` for settings ``s``; cached."""
         s = self.settings if s is None else s
         target = self._target(s)
-        position = self.index.position(s.layer)
+        position = self.graph.position(s.layer)
         if s.method == "fg_cam":
             key: tuple = (s.image, target, "fg_cam", s.base, s.rules, s.fraction if s.denoise else None)
         elif s.method in LRPS:
@@ -515,7 +513,7 @@ class Explorer:
         p = float(self.probabilities(s.image)[target])
         what = METHODS[s.method]
         if s.method == "fg_cam":
-            L = self.index.default_component_layer()
+            L = self.graph.default_component_layer()
             C, K = int(self._shapes[L][1]), int(self._shapes[L][2] * self._shapes[L][3])
             dn = f"denoise {s.fraction:g} (rank {denoise_rank(s.fraction, C, K)})" if s.denoise else "no denoising"
             what += f" [{viz.method_label(s.base)}, {s.rules} rules, {dn}]"
@@ -545,7 +543,7 @@ class Explorer:
                      title=f"map at {viz.layer_label(s.layer)} ({h}x{w})")
         if has_svd:
             viz.singular_values_plot(axes[3], expl.extras["top"], s.fraction if s.denoise else None)
-        at_top = expl.weights is not None and position == self.index.default_component_layer()
+        at_top = expl.weights is not None and position == self.graph.default_component_layer()
         viz.component_strip(comps, s.k, weights=expl.weights if at_top else None, fig=lower,
                             channel_names=["R", "G", "B"] if position == INPUT and comps.shape[1] == 3 else None,
                             title=f"components at {viz.layer_label(s.layer)}: top {min(s.k, comps.shape[1])} "
@@ -568,12 +566,12 @@ class Explorer:
         out = []
         extra = [] if self.settings.layer in self.layers else [self.settings.layer]
         for layer in self.layers + extra:
-            shape = self._shapes[self.index.position(layer)]
+            shape = self._shapes[self.graph.position(layer)]
             out.append((f"{viz.layer_label(layer)} ({shape[-2]}x{shape[-1]})", layer))
         return out
 
     def _fraction_options(self) -> list[tuple[str, float]]:
-        L = self.index.default_component_layer()
+        L = self.graph.default_component_layer()
         shape = self._shapes[L]
         options = fraction_choices(int(shape[1]), int(shape[2] * shape[3]))
         if all(abs(f - self.settings.fraction) > 1e-12 for _, f in options):

@@ -1,0 +1,26 @@
+"""The engine: the model as a graph, per-op relevance rules, presets, the forward and the walk.
+
+    >>> from fgcam_lib.engine import graph_of, coverage
+    >>> graph_of(model).name(graph_of(model).default_component_layer())
+    'layer4'
+"""
+from .graph import INPUT, Graph, Node, chain_graph, fx_graph, graph_of, is_vgg_style, kind_of
+from .presets import IMAGENET_MEAN, IMAGENET_STD, KINDS, Preset, bind, canonical, get_preset, paper
+from .rules import (AlphaBeta, Epsilon, Flat, Gate, Pass, PoolZ, Route, Rule, Split, Sum, WSquare, ZBeta, ZPlus,
+                    channel_bounds, image_bounds)
+from .walk import Trace, Walk, eval_mode, forward, plan, propagate
+
+__all__ = [
+    "INPUT", "Graph", "Node", "graph_of", "fx_graph", "chain_graph", "is_vgg_style", "kind_of",
+    "Preset", "paper", "canonical", "get_preset", "bind", "KINDS", "IMAGENET_MEAN", "IMAGENET_STD",
+    "Rule", "ZPlus", "ZBeta", "Epsilon", "AlphaBeta", "Flat", "WSquare", "Pass", "PoolZ", "Sum", "Gate",
+    "Route", "Split", "channel_bounds", "image_bounds",
+    "Trace", "Walk", "plan", "forward", "propagate", "eval_mode", "coverage",
+]
+
+
+def coverage(*args, **kwargs):
+    """The coverage table, see :func:`fgcam_lib.engine.report.coverage` (imported lazily: it needs pandas)."""
+    from .report import coverage as _coverage
+
+    return _coverage(*args, **kwargs)

@@ -1,0 +1,623 @@
+"""The model as a graph of tensor operations, traced once with ``torch.fx``.
+
+A :class:`Graph` is a list of :class:`Node` in topological order; node ``i`` has id ``i``
+and the input image has id ``INPUT`` (-1). Each node knows the op it runs (a module or a
+function call, always out of place), the ids of the nodes it reads, its op *kind* (what a
+preset maps to a rule: ``"conv"``, ``"add"``, ``"cat"``, ...) and its names.
+
+Tracing uses a plain ``torch.fx.Tracer`` (torchvision's feature-extraction tracer would hide
+conv -> BN pairs and squeeze-excitation gates inside ``torchvision.ops`` modules). The model
+is traced in eval mode and never changed: no hooks, no attributes, no swapped modules; the
+graph is cached per model (weakly). An ``nn.Sequential`` that fx cannot trace is walked as a
+flat chain of its modules instead (:func:`chain_graph`); both give the same kind of graph.
+
+Layer names:
+
+- a leaf module's path (``"layer4.1.conv2"``, ``"features.13"``); a module called twice gets
+  ``_1``, ``_2`` for the later calls (``"layer1.0.relu_1"``), as torchvision names them;
+- a functional op: its scope and op name (``"layer1.0.add"``, ``"flatten"``);
+- a container's path names its output (``"layer3"``, ``"features.denseblock3"``);
+- ``"input"`` or ``-1``: the input image; on VGG-style models an int ``t`` is the paper's
+  index, the output of ``model.features[t]``; on an ``nn.Sequential``, of its ``t``-th module.
+
+    >>> g = graph_of(torchvision.models.resnet18())
+    >>> g.name(g.position("layer4")), g.name(g.default_component_layer())
+    ('layer4', 'layer4')
+"""
+from __future__ import annotations
+
+import difflib
+import operator
+import weakref
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["INPUT", "Node", "Graph", "graph_of", "fx_graph", "chain_graph", "kind_of", "is_vgg_style"]
+
+INPUT = -1
+Tensor = torch.Tensor
+
+
+# ----------------------------------------------------------------------------------
+# Op kinds: what a preset maps to a rule
+# ----------------------------------------------------------------------------------
+_MODULE_KINDS: list[tuple[str, tuple[type, ...]]] = [
+    ("conv", (nn.Conv2d,)),
+    ("linear", (nn.Linear,)),
+    ("maxpool", (nn.MaxPool2d, nn.AdaptiveMaxPool2d)),
+    ("avgpool", (nn.AvgPool2d, nn.AdaptiveAvgPool2d)),
+    ("bn", (nn.BatchNorm2d,)),
+    ("relu", (nn.ReLU,)),
+    ("act", (nn.ReLU6, nn.Hardswish, nn.Hardsigmoid, nn.SiLU, nn.GELU, nn.LeakyReLU, nn.ELU, nn.Hardtanh,
+             nn.Mish, nn.Sigmoid, nn.Tanh, nn.PReLU)),
+    ("norm", (nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)),
+    ("reshape", (nn.Flatten, nn.Unflatten)),
+    ("other", (nn.Dropout, nn.Dropout2d, nn.AlphaDropout, nn.Identity)),
+]
+
+_ACTIVATION_FUNCTIONS = {F.relu6, F.hardswish, F.hardsigmoid, F.silu, F.gelu, F.leaky_relu, F.elu, F.hardtanh,
+                         F.mish, torch.sigmoid, torch.tanh, F.sigmoid, F.tanh}
+
+
+def _function_kinds() -> dict[Any, str]:
+    kinds: dict[Any, str] = {}
+    for fn in (operator.add, operator.iadd, torch.add):
+        kinds[fn] = "add"
+    for fn in (operator.mul, operator.imul, torch.mul, operator.truediv, operator.itruediv, torch.div):
+        kinds[fn] = "mul"
+    for fn in (F.relu, torch.relu):
+        kinds[fn] = "relu"
+    for fn in _ACTIVATION_FUNCTIONS:
+        kinds[fn] = "act"
+    for fn in (F.adaptive_avg_pool2d, F.avg_pool2d, torch.mean):
+        kinds[fn] = "avgpool"
+    for fn in (F.max_pool2d, F.adaptive_max_pool2d):
+        kinds[fn] = "maxpool"
+    for fn in (torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze, torch.permute, torch.transpose,
+               operator.getitem):
+        kinds[fn] = "reshape"
+    kinds[torch.cat] = "cat"
+    kinds[torch.concat] = "cat"
+    for fn in (torch.chunk, torch.split, torch.unbind):
+        kinds[fn] = "split"
+    for fn in (F.layer_norm, F.group_norm):
+        kinds[fn] = "norm"
+    for fn in (F.dropout, F.dropout2d):
+        kinds[fn] = "other"
+    try:
+        from torchvision.ops import stochastic_depth
+
+        kinds[stochastic_depth] = "other"
+    except ImportError:  # pragma: no cover
+        pass
+    return kinds
+
+
+_FUNCTION_KINDS = _function_kinds()
+_METHOD_KINDS = {
+    "add": "add", "mul": "mul", "div": "mul", "relu": "relu", "sigmoid": "act", "tanh": "act",
+    "mean": "avgpool", "flatten": "reshape", "view": "reshape", "reshape": "reshape", "squeeze": "reshape",
+    "unsqueeze": "reshape", "permute": "reshape", "transpose": "reshape", "contiguous": "reshape",
+    "chunk": "split", "split": "split", "unbind": "split",
+}
+#: kinds the walk treats as plain index/reshape ops of one tensor
+RESHAPE_KINDS = ("reshape",)
+
+
+def kind_of(module: nn.Module) -> str | None:
+    """The op kind of a module (``"conv"``, ``"bn"``, ...), or None when no preset knows it."""
+    for kind, types in _MODULE_KINDS:
+        if isinstance(module, types):
+            return kind
+    return None
+
+
+def is_vgg_style(model: nn.Module) -> bool:
+    """A flat ``features`` Sequential of leaf modules plus a ``classifier``: the paper's indices apply."""
+    feats = getattr(model, "features", None)
+    return (isinstance(feats, nn.Sequential) and hasattr(model, "classifier")
+            and all(not list(c.children()) for c in feats))
+
+
+# ----------------------------------------------------------------------------------
+# Ops: how a node computes its output, always out of place
+# ----------------------------------------------------------------------------------
+_OUT_OF_PLACE: dict[type, Callable[[nn.Module, Tensor], Tensor]] = {
+    nn.ReLU: lambda m, x: torch.relu(x),
+    nn.ReLU6: lambda m, x: F.relu6(x),
+    nn.Hardswish: lambda m, x: F.hardswish(x),
+    nn.Hardsigmoid: lambda m, x: F.hardsigmoid(x),
+    nn.SiLU: lambda m, x: F.silu(x),
+    nn.LeakyReLU: lambda m, x: F.leaky_relu(x, m.negative_slope),
+    nn.ELU: lambda m, x: F.elu(x, m.alpha),
+    nn.Hardtanh: lambda m, x: F.hardtanh(x, m.min_val, m.max_val),
+    nn.Mish: lambda m, x: F.mish(x),
+}
+
+
+class ModuleOp:
+    """Calls a module; activations that were built ``inplace=True`` run out of place."""
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+        self._fn = _OUT_OF_PLACE.get(type(module)) if getattr(module, "inplace", False) else None
+
+    def __call__(self, *xs: Any) -> Any:
+        if self._fn is not None:
+            return self._fn(self.module, xs[0])
+        if getattr(self.module, "inplace", False):  # other in-place modules: keep the input intact
+            return self.module(xs[0].clone(), *xs[1:])
+        return self.module(*xs)
+
+
+class _Slot:
+    """Stands for the value of input ``i`` inside a call's arguments."""
+
+    __slots__ = ("i",)
+
+    def __init__(self, i: int):
+        self.i = i
+
+
+def _fill(a: Any, vals: tuple) -> Any:
+    if isinstance(a, _Slot):
+        return vals[a.i]
+    if isinstance(a, (list, tuple)):
+        return type(a)(_fill(v, vals) for v in a)
+    if isinstance(a, dict):
+        return {k: _fill(v, vals) for k, v in a.items()}
+    if isinstance(a, slice):
+        return slice(_fill(a.start, vals), _fill(a.stop, vals), _fill(a.step, vals))
+    return a
+
+
+class CallOp:
+    """A function or method call whose tensor arguments are the node's inputs."""
+
+    def __init__(self, fn: Callable, args: tuple, kwargs: dict, label: str):
+        self.fn, self.args, self.kwargs, self.label = fn, args, kwargs, label
+
+    def __call__(self, *vals: Any) -> Any:
+        return self.fn(*_fill(self.args, vals), **_fill(self.kwargs, vals))
+
+    def arg(self, position: int, name: str, default: Any = None) -> Any:
+        """A literal argument, by position (after the tensor) or keyword."""
+        if name in self.kwargs:
+            return self.kwargs[name]
+        return self.args[position] if position < len(self.args) else default
+
+    def __repr__(self) -> str:
+        return self.label
+
+
+class ConstOp:
+    """A parameter or buffer read as a tensor (``get_attr``), fetched at each call."""
+
+    def __init__(self, owner: nn.Module, attr: str):
+        self.owner, self.attr = weakref.ref(owner), attr  # weak: the cached graph must not keep the model alive
+
+    def __call__(self) -> Tensor:
+        return getattr(self.owner(), self.attr)
+
+
+# ----------------------------------------------------------------------------------
+# The graph
+# ----------------------------------------------------------------------------------
+@dataclass(eq=False)
+class Node:
+    """One op of the model: ``op(*values of inputs)``; ``kind`` selects its rule."""
+
+    name: str
+    kind: str | None
+    op: Callable
+    inputs: tuple[int, ...]
+    module: nn.Module | None = None
+    target: str = ""
+    data: bool = True  # depends on the input image (constants do not)
+
+    def describe(self) -> str:
+        what = type(self.module).__name__ if self.module is not None else self.target
+        return f"node {self.name!r} ({what})"
+
+
+@dataclass(eq=False)
+class Graph:
+    """Nodes in topological order, their names and the id of the logits."""
+
+    nodes: list[Node]
+    output: int
+    source: str  # "fx" or "chain"
+    aliases: dict[str, int] = field(default_factory=dict)
+    sequence: list[str] = field(default_factory=list)  # leaf names an int spec indexes (Sequentials)
+    vgg_style: bool = False
+    n_features: int = 0
+
+    def __post_init__(self) -> None:
+        self._by_name = {n.name: i for i, n in enumerate(self.nodes)}
+        self._display: dict[int, str] = {}
+        for alias, i in sorted(self.aliases.items(), key=lambda kv: (len(kv[0]), kv[0]), reverse=True):
+            self._display[i] = alias  # the shortest alias wins
+        if self.vgg_style:  # the paper's layout keeps its module paths (features.43, classifier.1)
+            for i, n in enumerate(self.nodes):
+                if n.module is not None:
+                    self._display[i] = n.name
+        self.users: list[list[int]] = [[] for _ in self.nodes]
+        self.input_users: list[int] = []
+        for i, n in enumerate(self.nodes):
+            for j in dict.fromkeys(n.inputs):
+                (self.input_users if j == INPUT else self.users[j]).append(i)
+        self._anc: dict[int, frozenset[int]] = {}
+        self._min_size: tuple[int, int] | None = None
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    # -- names ---------------------------------------------------------------------
+    def name(self, position: int) -> str:
+        """The display name of a position: a container alias where one names it."""
+        if position == INPUT:
+            return "input"
+        return self._display.get(position, self.nodes[position].name)
+
+    @property
+    def names(self) -> list[str]:
+        """Every valid layer name, ``"input"`` first, then in forward order."""
+        out = ["input"]
+        for i in range(len(self.nodes)):
+            if self.nodes[i].data:
+                out.append(self.nodes[i].name)
+                out.extend(a for a, j in self.aliases.items() if j == i and a != self.nodes[i].name)
+        return out
+
+    def position(self, spec: int | str) -> int:
+        """Position of a layer spec: ``INPUT`` for the input, a node id otherwise."""
+        if isinstance(spec, bool):
+            raise TypeError(f"layer must be an int or a str, not {spec!r}")
+        if isinstance(spec, str):
+            if spec == "input":
+                return INPUT
+            if spec in self._by_name:
+                return self._by_name[spec]
+            if spec in self.aliases:
+                return self.aliases[spec]
+            if spec.strip().lstrip("-").isdigit():
+                return self.position(int(spec))
+            close = difflib.get_close_matches(spec, self.names, n=5, cutoff=0.5)
+            hint = f"; closest: {', '.join(close)}" if close else ""
+            raise ValueError(f"unknown layer {spec!r}{hint} (explainer.layers lists all {len(self.names)} names)")
+        if isinstance(spec, int):
+            if spec == -1:
+                return INPUT
+            if self.vgg_style:
+                t = spec + self.n_features if spec < -1 else spec
+                if not 0 <= t < self.n_features:
+                    raise ValueError(f"layer index {spec} is outside model.features (0..{self.n_features - 1}, "
+                                     "or -1 for the input)")
+                return self._by_name[f"features.{t}"]
+            if self.sequence:
+                t = spec + len(self.sequence) if spec < -1 else spec
+                if not 0 <= t < len(self.sequence):
+                    raise ValueError(f"layer index {spec} is outside the model (0..{len(self.sequence) - 1}, or -1)")
+                return self.position(self.sequence[t])
+            raise ValueError(f"layer {spec}: integer layers are the paper's indices on VGG-style models; "
+                             "name the layer by its module path (explainer.layers lists them)")
+        raise TypeError(f"layer must be an int or a str, not {type(spec).__name__}")
+
+    # -- structure -----------------------------------------------------------------
+    def ancestors(self, position: int) -> frozenset[int]:
+        """Ids (``INPUT`` included) that ``position``'s value depends on, itself excluded."""
+        if position == INPUT:
+            return frozenset()
+        if position not in self._anc:
+            seen: set[int] = set()
+            stack = list(self.nodes[position].inputs)
+            while stack:
+                j = stack.pop()
+                if j in seen:
+                    continue
+                seen.add(j)
+                if j != INPUT:
+                    stack.extend(self.nodes[j].inputs)
+            self._anc[position] = frozenset(seen)
+        return self._anc[position]
+
+    def reaches(self, low: int, high: int) -> bool:
+        """Whether relevance at ``high`` can flow down to ``low`` (``low`` is ``high`` or feeds it)."""
+        return low == high or low in self.ancestors(high)
+
+    def where(self, low: int, high: int) -> str:
+        """``"above"`` when ``low`` is fed by ``high``, else ``"not at or below"`` (for messages)."""
+        return "above" if self.reaches(high, low) else "not at or below"
+
+    def between(self, start: int, stops: Iterable[int]) -> list[int]:
+        """Nodes a walk from ``start`` down to ``stops`` passes, deepest first: the ancestors-or-self
+        of ``start`` that depend on some stop other than themselves."""
+        stops = set(stops)
+        up = self.ancestors(start) | {start}
+        return sorted((i for i in up if i != INPUT and (stops - {i}) & self.ancestors(i)), reverse=True)
+
+    def weighted_first(self) -> list[int]:
+        """Conv/linear nodes with no conv/linear before them: the layers that read the image."""
+        out = []
+        for i, n in enumerate(self.nodes):
+            if n.kind in ("conv", "linear") and not any(
+                    j != INPUT and self.nodes[j].kind in ("conv", "linear") for j in self.ancestors(i)):
+                out.append(i)
+        return out
+
+    def first_conv(self) -> nn.Conv2d:
+        for n in self.nodes:
+            if isinstance(n.module, nn.Conv2d):
+                return n.module
+        raise ValueError("the model has no Conv2d layer")
+
+    def _dominates_output(self, c: int) -> bool:
+        """Every path from the input to the logits passes through node ``c``."""
+        seen, stack = {c}, [INPUT]
+        while stack:
+            j = stack.pop()
+            if j == self.output:
+                return False
+            for u in (self.input_users if j == INPUT else self.users[j]):
+                if u not in seen:
+                    seen.add(u)
+                    stack.append(u)
+        return True
+
+    def default_component_layer(self) -> int:
+        """The last spatial feature map before the classifier head: the data input of the first
+        global pooling, flatten or linear node that every path to the logits passes through.
+
+        VGG: ``features.43`` (the last max-pool, as in the authors' code); ResNet: ``layer4``;
+        DenseNet: the final ReLU; MobileNet, EfficientNet, ConvNeXt: ``features``.
+        """
+        if self.vgg_style:
+            return self._by_name[f"features.{self.n_features - 1}"]
+        for i, n in enumerate(self.nodes):
+            head = (n.kind == "linear" or isinstance(n.module, nn.Flatten) or _to_vector(n)
+                    or (n.kind in ("avgpool", "maxpool") and _is_global_pool(n)))
+            if head and n.data and self._dominates_output(i):
+                data = [j for j in n.inputs if j == INPUT or self.nodes[j].data]
+                if data and data[0] != INPUT:
+                    return data[0]
+                break
+        raise ValueError("cannot find a feature map before the classifier head; pass component_layer")
+
+    def min_size(self, like: Tensor) -> tuple[int, int]:
+        """Smallest square input (H, W) the model runs on, found by trying small inputs like ``like``."""
+        if self._min_size is None:
+            def runs(s: int) -> bool:
+                try:
+                    with torch.no_grad():
+                        run_shapes(self, like.new_zeros((1, like.shape[1], s, s)))
+                    return True
+                except (RuntimeError, ValueError, IndexError):
+                    return False
+
+            lo, hi = 1, 8
+            while not runs(hi) and hi < 4096:
+                lo, hi = hi, hi * 2
+            while lo < hi:
+                mid = (lo + hi) // 2
+                lo, hi = (mid + 1, hi) if not runs(mid) else (lo, mid)
+            self._min_size = (hi, hi)
+        return self._min_size
+
+
+def _is_global_pool(n: Node) -> bool:
+    m = n.module
+    if isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
+        return True
+    if isinstance(n.op, CallOp):
+        return n.op.fn in (F.adaptive_avg_pool2d, F.adaptive_max_pool2d, torch.mean) or n.target == "mean"
+    return False
+
+
+def _to_vector(n: Node) -> bool:
+    """``torch.flatten(x, 1)``, ``x.view(B, -1)`` or ``x.reshape(B, -1)``: features become a vector."""
+    if not isinstance(n.op, CallOp) or n.target not in ("flatten", "view", "reshape"):
+        return False
+    if n.target == "flatten":
+        return True
+    dims = n.op.args[1:]
+    if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
+        dims = tuple(dims[0])
+    return len(dims) == 2
+
+
+def run_shapes(graph: Graph, x: Tensor) -> Any:
+    """Run the graph on ``x`` keeping nothing (used on meta tensors for shapes)."""
+    vals: dict[int, Any] = {INPUT: x}
+    for i, n in enumerate(graph.nodes):
+        vals[i] = n.op(*(vals[j] for j in n.inputs))
+    return vals[graph.output]
+
+
+# ----------------------------------------------------------------------------------
+# Building graphs
+# ----------------------------------------------------------------------------------
+def _eval_flags(model: nn.Module):
+    return [(m, m.training) for m in model.modules()]
+
+
+def _scope(node: fx.Node) -> str:
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return ""
+    return list(stack.keys())[-1].split("@")[0]
+
+
+def _containers(node: fx.Node) -> list[str]:
+    stack = node.meta.get("nn_module_stack") or {}
+    return [k.split("@")[0] for k in stack.keys()]
+
+
+def fx_graph(model: nn.Module) -> Graph:
+    """Trace ``model`` with a plain ``torch.fx.Tracer`` (in eval mode, restored afterwards)."""
+    flags = _eval_flags(model)
+    try:
+        model.eval()
+        traced = fx.Tracer().trace(model)
+    except Exception as exc:  # fx raises many types; the reason is what matters
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TypeError(f"{type(model).__name__} cannot be traced by torch.fx ({type(exc).__name__}: {reason}); "
+                        "explainers need a model fx can trace, or an nn.Sequential") from None
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+    ids: dict[fx.Node, int] = {}
+    nodes: list[Node] = []
+    counts: dict[str, int] = {}
+    aliases: dict[str, int] = {}
+    placeholders = [n for n in traced.nodes if n.op == "placeholder"]
+    if len(placeholders) != 1:
+        raise TypeError(f"{type(model).__name__}.forward takes {len(placeholders)} inputs; explainers need exactly one")
+    output: int | None = None
+
+    def unique(base: str) -> str:
+        k = counts.get(base, 0)
+        counts[base] = k + 1
+        return base if k == 0 else f"{base}_{k}"
+
+    for fn in traced.nodes:
+        if fn.op == "placeholder":
+            ids[fn] = INPUT
+            continue
+        if fn.op == "output":
+            (out,) = fn.args
+            if not isinstance(out, fx.Node):
+                raise TypeError(f"{type(model).__name__} returns {type(out).__name__}; explainers need a "
+                                "B x classes tensor of logits")
+            output = ids[out]
+            continue
+        inputs: list[int] = []
+
+        def slot(a: fx.Node) -> _Slot:
+            inputs.append(ids[a])
+            return _Slot(len(inputs) - 1)
+
+        args = fx.node.map_arg(fn.args, slot)
+        kwargs = dict(fx.node.map_arg(fn.kwargs, slot))
+        module = None
+        if fn.op == "call_module":
+            module = model.get_submodule(fn.target)
+            name = unique(fn.target)
+            op: Callable = ModuleOp(module)
+            kind = kind_of(module)
+            target = type(module).__name__
+            op = _module_call(op, args, kwargs)
+        elif fn.op == "get_attr":
+            owner_path, _, attr = fn.target.rpartition(".")
+            name = unique(fn.target)
+            op, kind, target = ConstOp(model.get_submodule(owner_path), attr), "const", "parameter"
+        elif fn.op == "call_function":
+            base = getattr(fn.target, "__name__", str(fn.target)).lstrip("_")
+            scope = _scope(fn)
+            name = unique(f"{scope}.{base}" if scope else base)
+            target_fn = fn.target
+            if target_fn in (operator.iadd, operator.imul, operator.itruediv):
+                target_fn = {operator.iadd: operator.add, operator.imul: operator.mul,
+                             operator.itruediv: operator.truediv}[target_fn]
+            if kwargs.get("inplace"):
+                kwargs["inplace"] = False
+            kind = _FUNCTION_KINDS.get(fn.target)
+            op = CallOp(target_fn, args, kwargs, base)
+            target = base
+        elif fn.op == "call_method":
+            method = fn.target[:-1] if fn.target.endswith("_") and not fn.target.endswith("__") else fn.target
+            scope = _scope(fn)
+            name = unique(f"{scope}.{method}" if scope else method)
+            kind = _METHOD_KINDS.get(method)
+            op = CallOp(_method(method), args, kwargs, method)
+            target = method
+        else:  # pragma: no cover
+            raise TypeError(f"unexpected fx node op {fn.op!r}")
+        node = Node(name, kind, op, tuple(inputs), module, target)
+        node.data = any(j == INPUT or nodes[j].data for j in inputs)
+        ids[fn] = len(nodes)
+        nodes.append(node)
+        for c in _containers(fn):
+            if c and c != fn.target:
+                aliases[c] = ids[fn]  # the last node inside a container is its output
+    if output is None:  # pragma: no cover
+        raise TypeError("the traced graph has no output")
+    aliases = {a: i for a, i in aliases.items() if a not in {n.name for n in nodes}}
+    vgg = is_vgg_style(model)
+    return Graph(nodes, output, "fx", aliases, _sequence(model), vgg, len(model.features) if vgg else 0)
+
+
+def _module_call(op: ModuleOp, args: tuple, kwargs: dict) -> Callable:
+    if not kwargs and all(isinstance(a, _Slot) and a.i == k for k, a in enumerate(args)):
+        return op
+    return CallOp(op, args, kwargs, type(op.module).__name__)
+
+
+def _method(name: str) -> Callable:
+    def call(obj: Any, *args: Any, **kwargs: Any) -> Any:
+        return getattr(obj, name)(*args, **kwargs)
+
+    call.__name__ = name
+    return call
+
+
+def _sequence(model: nn.Module) -> list[str]:
+    """For an ``nn.Sequential``: its leaf module paths in order (nested Sequentials flattened)."""
+    if not isinstance(model, nn.Sequential):
+        return []
+
+    def leaves(prefix: str, m: nn.Module) -> list[str]:
+        if isinstance(m, nn.Sequential):
+            return [p for name, c in m.named_children() for p in leaves(f"{prefix}.{name}" if prefix else name, c)]
+        return [prefix]
+
+    return leaves("", model)
+
+
+def chain_graph(model: nn.Module) -> Graph:
+    """The flat-chain walk: an ``nn.Sequential`` (nested ones flattened), or a VGG-style model
+    (``features`` -> ``avgpool`` -> flatten -> ``classifier``), as a graph of one chain."""
+    if isinstance(model, nn.Sequential):
+        parts = [(p, model.get_submodule(p)) for p in _sequence(model)]
+    elif is_vgg_style(model):
+        parts = [(f"features.{k}", m) for k, m in enumerate(model.features)]
+        if getattr(model, "avgpool", None) is not None:
+            parts.append(("avgpool", model.avgpool))
+        parts.append(("flatten", nn.Flatten()))
+        cls = model.classifier
+        parts += ([(f"classifier.{k}", m) for k, m in enumerate(cls)] if isinstance(cls, nn.Sequential)
+                  else [("classifier", cls)])
+    else:
+        raise TypeError(f"{type(model).__name__} is not a chain: pass an nn.Sequential or a VGG-style model")
+    nodes = []
+    for k, (name, m) in enumerate(parts):
+        if list(m.children()):
+            raise TypeError(f"module {name!r} of type {type(m).__name__} is a container the flat chain cannot walk")
+        nodes.append(Node(name, kind_of(m), ModuleOp(m), (k - 1,), m, type(m).__name__))
+    vgg = is_vgg_style(model)
+    return Graph(nodes, len(nodes) - 1, "chain", {}, _sequence(model), vgg, len(model.features) if vgg else 0)
+
+
+_CACHE: "weakref.WeakKeyDictionary[nn.Module, Graph]" = weakref.WeakKeyDictionary()
+
+
+def graph_of(model: nn.Module) -> Graph:
+    """The model's graph, traced once and cached weakly per model.
+
+    fx first; an ``nn.Sequential`` that fx cannot trace falls back to the flat chain.
+    """
+    g = _CACHE.get(model)
+    if g is None:
+        try:
+            g = fx_graph(model)
+        except TypeError:
+            if not isinstance(model, nn.Sequential):
+                raise
+            g = chain_graph(model)
+        _CACHE[model] = g
+    return g

@@ -1,0 +1,434 @@
+"""Relevance rules: how one op passes relevance from its output to its inputs.
+
+A rule is a small object with one job. It is called as ``rule(module, x, R)`` with the
+op's input ``x`` (B x ...) and the relevance ``R`` at its output (the shape of the
+op's output) and returns the relevance at its input (the shape of ``x``). Ops with several
+inputs (residual ``add``, ``cat``, a gating ``mul``) have rules with ``multi = True``, called
+as ``rule(op, xs, R, data)`` and returning one relevance (or None) per input. Rules are
+linear in ``R`` for fixed inputs, which is what lets CLRP/SGLRP and FG-CAM reuse them.
+A rule with ``reads_input = False`` needs only its inputs' shapes, so the forward keeps no
+activation for it; ``conserves`` says whether the relevance summed over its inputs equals
+the relevance at its output (biases ignored).
+
+Weighted layers (Conv2d, Linear) use the z-rule family,
+``R_i = sum_j x_i w_ij / z_j * R_j`` with a rule-specific choice of x, w and z.
+Divisions by zero give zero (the authors' convention), so nothing is stabilised.
+
+    >>> rule = ZPlus()
+    >>> conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+    >>> R_in = rule(conv, torch.rand(1, 3, 8, 8), torch.rand(1, 8, 8, 8))   # 1 x 3 x 8 x 8
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Tensor = torch.Tensor
+
+
+def safe_div(num: Tensor, den: Tensor) -> Tensor:
+    """``num / den`` with 0 where ``den == 0``."""
+    zero = den == 0
+    return torch.where(zero, torch.zeros_like(num), num / torch.where(zero, torch.ones_like(den), den))
+
+
+@dataclass(eq=False)
+class Folded:
+    """A conv (or linear) with the BatchNorm after it folded in, as local tensors: the
+    model is untouched. ``module`` gives the conv's stride, padding, groups."""
+
+    module: nn.Module
+    weight: Tensor
+    bias: Tensor
+
+
+class _Linear:
+    """The layer as a linear map of (input, weight): forward and its transpose."""
+
+    def __init__(self, module: nn.Module | Folded):
+        weights = module
+        if isinstance(module, Folded):
+            module = module.module
+        self.module = module
+        if isinstance(module, nn.Conv2d):
+            if module.padding_mode != "zeros":
+                raise TypeError(f"Conv2d with padding_mode={module.padding_mode!r} is not supported")
+        elif not isinstance(module, nn.Linear):
+            raise TypeError(f"{type(module).__name__} is not a weighted layer")
+        # relevance is not differentiated: keep rules off the autograd graph
+        self.weight = weights.weight.detach()
+        self.bias = weights.bias.detach() if weights.bias is not None else None
+
+    def forward(self, x: Tensor, w: Tensor) -> Tensor:
+        m = self.module
+        if isinstance(m, nn.Conv2d):
+            return F.conv2d(x, w, None, m.stride, m.padding, m.dilation, m.groups)
+        return F.linear(x, w)
+
+    def transpose(self, s: Tensor, w: Tensor, shape: torch.Size) -> Tensor:
+        """``sum_j w_ij s_j``: the gradient of ``forward`` w.r.t. its input."""
+        m = self.module
+        if isinstance(m, nn.Conv2d):
+            return torch.nn.grad.conv2d_input(shape, w, s, m.stride, m.padding, m.dilation, m.groups)
+        return s @ w
+
+
+class Rule:
+    """Base class: ``rule(module, x, R) -> R_in``."""
+
+    #: called with all inputs at once: ``rule(op, xs, R, data) -> [R_in or None per input]``
+    multi: bool = False
+    #: reads the input's values (False: its shape only)
+    reads_input: bool = True
+    @property
+    def conserves(self) -> bool:
+        """Relevance summed over the inputs equals the output's (false once a bias takes a share)."""
+        return not getattr(self, "bias", False)
+
+    def __call__(self, module: nn.Module, x: Tensor, R: Tensor) -> Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({params})"
+
+
+class Pass(Rule):
+    """Relevance passes unchanged: activations (ReLU, ReLU6, SiLU, GELU, ...), BatchNorm in the
+    paper preset, LayerNorm (its std held constant), Dropout and StochasticDepth in eval."""
+
+    reads_input = False
+
+    def __call__(self, module, x, R):
+        return R.reshape(x.shape)
+
+
+class AlphaBeta(Rule):
+    """alpha-beta rule: positive and negative contributions normalised separately.
+
+    ``R_i = sum_j (alpha * z+_ij / z+_j - beta * z-_ij / z-_j) R_j`` where ``z+_ij`` are
+    the positive products ``x+ w+`` and ``x- w-`` and ``z-_ij`` the negative ones.
+    ``bias=True`` adds the positive/negative parts of the bias to the denominators
+    (relevance then leaks into the bias and is not conserved).
+    """
+
+    def __init__(self, alpha: float = 2.0, beta: float = 1.0, bias: bool = False):
+        if alpha - beta != 1:
+            raise ValueError(f"alpha - beta must be 1 to conserve relevance, got {alpha} - {beta}")
+        self.alpha, self.beta, self.bias = alpha, beta, bias
+
+    def _part(self, lin: _Linear, x: Tensor, R: Tensor, positive: bool) -> Tensor:
+        w = lin.weight
+        wp, wn = w.clamp(min=0), w.clamp(max=0)
+        xp = x.clamp(min=0)
+        # after a ReLU the negative inputs are all zero: skip their convolutions
+        has_neg = bool((x < 0).any())
+        xn = x.clamp(max=0) if has_neg else None
+        w_pos_in, w_neg_in = (wp, wn) if positive else (wn, wp)
+        z = lin.forward(xp, w_pos_in)
+        if has_neg:
+            z = z + lin.forward(xn, w_neg_in)
+        if self.bias and lin.bias is not None:
+            b = lin.bias.clamp(min=0) if positive else lin.bias.clamp(max=0)
+            z = z + b.view(1, -1, *([1] * (z.dim() - 2)))
+        s = safe_div(R, z)
+        out = xp * lin.transpose(s, w_pos_in, x.shape)
+        if has_neg:
+            out = out + xn * lin.transpose(s, w_neg_in, x.shape)
+        return out
+
+    def __call__(self, module, x, R):
+        lin = _Linear(module)
+        out = self._part(lin, x, R, positive=True)
+        if self.alpha != 1:
+            out = self.alpha * out
+        if self.beta:
+            out = out - self.beta * self._part(lin, x, R, positive=False)
+        return out
+
+
+class ZPlus(AlphaBeta):
+    """z+ rule (Eq. 5-6): ``R_i = sum_j (x+_i w+_ij + x-_i w-_ij) / z_j R_j``.
+
+    With non-negative inputs (after a ReLU) this is the paper's Eq. 5; the ``x- w-`` term
+    is the authors' code's handling of negative inputs, and zennit's ZPlus.
+    """
+
+    def __init__(self, bias: bool = False):
+        super().__init__(alpha=1.0, beta=0.0, bias=bias)
+
+    def __repr__(self) -> str:
+        return f"ZPlus(bias={self.bias})"
+
+
+class Epsilon(Rule):
+    """epsilon rule: ``R_i = sum_j x_i w_ij / (z_j + eps sign(z_j)) R_j``, ``z_j = sum_i x_i w_ij``."""
+
+    conserves = False  # the stabiliser absorbs some relevance
+
+    def __init__(self, epsilon: float = 0.25, bias: bool = False):
+        self.epsilon, self.bias = epsilon, bias
+
+    def __call__(self, module, x, R):
+        lin = _Linear(module)
+        z = lin.forward(x, lin.weight)
+        if self.bias and lin.bias is not None:
+            z = z + lin.bias.view(1, -1, *([1] * (z.dim() - 2)))
+        z = z + self.epsilon * torch.where(z >= 0, 1.0, -1.0).to(z)
+        return x * lin.transpose(safe_div(R, z), lin.weight, x.shape)
+
+
+class Flat(Rule):
+    """flat rule: relevance spread uniformly over each output's receptive field (x = 1, w = 1)."""
+
+    reads_input = False
+
+    def __call__(self, module, x, R):
+        lin = _Linear(module)
+        ones_w = torch.ones_like(lin.weight)
+        z = lin.forward(torch.ones(x.shape, dtype=R.dtype, device=R.device), ones_w)
+        return lin.transpose(safe_div(R, z), ones_w, x.shape)
+
+
+class WSquare(Rule):
+    """w^2 rule: relevance spread in proportion to the squared weights (x = 1)."""
+
+    reads_input = False
+
+    def __call__(self, module, x, R):
+        lin = _Linear(module)
+        w2 = lin.weight.pow(2)
+        z = lin.forward(torch.ones(x.shape, dtype=R.dtype, device=R.device), w2)
+        return lin.transpose(safe_div(R, z), w2, x.shape)
+
+
+Bounds = Callable[[Tensor], tuple[Tensor, Tensor]]
+
+
+def image_bounds(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-image scalar bounds: min and max over each whole image (the authors' code)."""
+    flat = x.flatten(1)
+    shape = (x.shape[0],) + (1,) * (x.dim() - 1)
+    return flat.min(1).values.view(shape), flat.max(1).values.view(shape)
+
+
+def channel_bounds(mean: Sequence[float], std: Sequence[float]) -> Bounds:
+    """Per-channel bounds of pixels in [0, 1] after ``(p - mean) / std``."""
+
+    def bounds(x: Tensor) -> tuple[Tensor, Tensor]:
+        m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        return (0 - m) / s, (1 - m) / s
+
+    return bounds
+
+
+class ZBeta(Rule):
+    """z-beta (z-box) rule for the input layer (Eq. 7).
+
+    ``R_i = sum_j (x_i w_ij - l_i w+_ij - h_i w-_ij) / z_j R_j`` with ``[l_i, h_i]`` the
+    domain of input ``i``. ``bounds`` maps the input to ``(l, h)`` broadcastable to it:
+    :func:`image_bounds` (paper preset) or :func:`channel_bounds` (canonical preset).
+    """
+
+    def __init__(self, bounds: Bounds = image_bounds, bias: bool = False):
+        self.bounds, self.bias = bounds, bias
+
+    def __call__(self, module, x, R):
+        lin = _Linear(module)
+        low, high = self.bounds(x)
+        low, high = low.expand_as(x), high.expand_as(x)
+        w = lin.weight
+        wp, wn = w.clamp(min=0), w.clamp(max=0)
+        z = lin.forward(x, w) - lin.forward(low, wp) - lin.forward(high, wn)
+        if self.bias and lin.bias is not None:
+            z = z + lin.bias.view(1, -1, *([1] * (z.dim() - 2)))
+        s = safe_div(R, z)
+        return x * lin.transpose(s, w, x.shape) - low * lin.transpose(s, wp, x.shape) - high * lin.transpose(s, wn, x.shape)
+
+
+def _vjp(fn: Callable[[Tensor], Tensor], x: Tensor, s: Tensor) -> Tensor:
+    with torch.enable_grad():
+        xg = x.detach().requires_grad_(True)
+        (g,) = torch.autograd.grad(fn(xg), xg, s)
+    return g
+
+
+class PoolZ(Rule):
+    """Pools: relevance in proportion to each (ReLU-clamped) input's share of the output.
+
+    Average pools (module or functional, adaptive too, ``x.mean((2, 3))``):
+    ``R_i = x+_i sum_j a_ij R_j / z_j`` with the pool's weights ``a``, computed as a
+    vector-Jacobian product so overlapping windows are handled. Max pools: all relevance of
+    an output goes to its winning input (the same formula, since only the winner counts).
+    """
+
+    def __call__(self, module, x, R):
+        xp = x.clamp(min=0)
+        if isinstance(module, nn.MaxPool2d) and not module.ceil_mode and module.dilation in (1, (1, 1)):
+            z, idx = F.max_pool2d(xp, module.kernel_size, module.stride, module.padding, return_indices=True)
+            out = torch.zeros_like(xp).flatten(2)
+            keep = (z != 0).to(R.dtype)  # 0/0 -> 0, as in the z-rule
+            out.scatter_add_(2, idx.flatten(2), (R * keep).flatten(2))
+            return out.view_as(xp)
+        if not callable(module):
+            raise TypeError(f"PoolZ does not handle {type(module).__name__}")
+        return xp * _vjp(module, xp, safe_div(R, module(xp)))
+
+
+def _data_operands(xs: Sequence[Any], data: Sequence[bool] | None) -> list[int]:
+    return [k for k, x in enumerate(xs) if isinstance(x, torch.Tensor) and (data is None or data[k])]
+
+
+class Sum(Rule):
+    """Residual ``add`` (``a + b + ...``): each operand gets its share of the sum.
+
+    ``mode="sign"`` (default): where the sum ``z`` is >= 0 the shares are the positive parts,
+    ``R_i = x+_i / sum_k x+_k R``; where ``z < 0`` the negative parts, ``x-_i / sum_k x-_k``.
+    Each share lies in [0, 1], so nothing is amplified and relevance is conserved exactly
+    (equal shares where every operand is 0). It is the z+ rule of the add (all weights 1),
+    extended to negative sums: in a ResNet, where the add feeds a ReLU and z+ sits above it,
+    relevance only arrives where ``z > 0`` and both coincide; MobileNetV2 and ConvNeXt add
+    without a ReLU after, which the negative half covers.
+    ``mode="proportional"``: ``R_i = x_i / (z + eps sign z) R`` (zennit's ``Sum`` + ``Norm``;
+    signed shares, unstable where ``a ~ -b``). Constant operands (a bias) get no share.
+    """
+
+    multi = True
+
+    def __init__(self, mode: str = "sign", epsilon: float = 1e-9):
+        if mode not in ("sign", "proportional"):
+            raise ValueError(f"unknown Sum mode {mode!r}; use 'sign' or 'proportional'")
+        self.mode, self.epsilon = mode, epsilon
+
+    @property
+    def conserves(self) -> bool:
+        return self.mode == "sign"
+
+    def __call__(self, op, xs, R, data=None):
+        live = _data_operands(xs, data)
+        out: list[Tensor | None] = [None] * len(xs)
+        if len(live) == 1:
+            out[live[0]] = R.sum_to_size(xs[live[0]].shape)
+            return out
+        parts = [xs[k] for k in live]
+        if self.mode == "proportional":
+            z = sum(parts)
+            s = R / (z + self.epsilon * torch.where(z >= 0, 1.0, -1.0).to(z))
+            for k, x in zip(live, parts):
+                out[k] = (x * s).sum_to_size(x.shape)
+            return out
+        pos = sum(x.clamp(min=0) for x in parts)
+        neg = sum(x.clamp(max=0) for x in parts)
+        up = (pos + neg) >= 0
+        den = torch.where(up, pos, neg)
+        even = den == 0
+        s = safe_div(R, den)
+        for k, x in zip(live, parts):
+            share = torch.where(up, x.clamp(min=0), x.clamp(max=0)) * s
+            share = torch.where(even, R / len(parts), share)
+            out[k] = share.sum_to_size(x.shape)
+        return out
+
+
+class Gate(Rule):
+    """Multiplication: ``x * s`` with ``s`` a gate (squeeze-excitation) or a parameter (layer
+    scale, a constant factor). The gate is held constant and all relevance goes to the
+    gated signal (Pahde et al. 2022's "signal-only gate"): the operand with the most
+    elements; a division's divisor is the gate. Two signals of one size have no default."""
+
+    multi = True
+    reads_input = False
+
+    def __call__(self, op, xs, R, data=None):
+        live = _data_operands(xs, data)
+        out: list[Tensor | None] = [None] * len(xs)
+        if len(live) == 1:
+            signal = live[0]
+        elif getattr(op, "label", "") in ("truediv", "div"):
+            signal = live[0]
+        else:
+            sizes = [xs[k].numel() for k in live]
+            if sizes.count(max(sizes)) > 1:
+                raise TypeError("mul of two signals of the same size: no default rule (neither is a gate); "
+                                "give this node a rule by name")
+            signal = live[sizes.index(max(sizes))]
+        out[signal] = R.sum_to_size(xs[signal].shape)
+        return out
+
+
+def _cat_dim(op: Any) -> int:
+    dim = op.arg(1, "dim", 0) if hasattr(op, "arg") else 0
+    return int(dim)
+
+
+class Route(Rule):
+    """Index ops (flatten, view, reshape, permute, transpose, getitem, cat, chunk, split):
+    relevance goes back to the element it came from, the op's transpose. Conserves."""
+
+    multi = True
+    reads_input = False
+
+    def __call__(self, op, xs, R, data=None):
+        label = getattr(op, "label", "")
+        if label in ("cat", "concat"):
+            dim = _cat_dim(op)
+            pieces = R.split([x.shape[dim] for x in xs], dim)
+            return list(pieces)
+        (x,) = xs  # index ops read one tensor (or one tuple of tensors)
+        if isinstance(x, torch.Tensor) and (isinstance(op, nn.Flatten) or label in (
+                "flatten", "view", "reshape", "squeeze", "unsqueeze", "contiguous", "Flatten", "Unflatten")):
+            return [R.reshape(x.shape)]
+        if isinstance(x, (tuple, list)):  # getitem on the output of chunk/split
+            index = op.arg(1, "idx")
+            return [{int(index): R}]
+        return [_transpose(op, x, R)]
+
+
+def _zeros_like(x: Any, ref: Tensor) -> Any:
+    if isinstance(x, (tuple, list)):
+        return type(x)(_zeros_like(v, ref) for v in x)
+    return torch.zeros(x.shape, dtype=ref.dtype, device=ref.device, requires_grad=True)
+
+
+def _transpose(op: Callable, x: Tensor, R: Any) -> Tensor:
+    """``R`` pulled back through a linear index op (its vector-Jacobian product)."""
+    ref = next(iter(R.values())) if isinstance(R, dict) else R
+    with torch.enable_grad():
+        z = _zeros_like(x, ref)
+        y = op(z)
+        if isinstance(R, dict):  # a tuple output with relevance at some of its items
+            outs, grads = [y[k] for k in R], list(R.values())
+        else:
+            outs, grads = [y], [R]
+        (g,) = torch.autograd.grad(outs, z, grads, allow_unused=True)
+    return torch.zeros(x.shape, dtype=ref.dtype, device=ref.device) if g is None else g
+
+
+class Split(Rule):
+    """chunk / split / unbind: the relevance of each piece goes back to its slice."""
+
+    reads_input = False
+
+    def __call__(self, module, x, R):
+        return _transpose(module, x, R)
+
+
+class Missing(Rule):
+    """Placeholder for an op no preset knows: raises when relevance reaches it."""
+
+    reads_input = False
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+    @property
+    def conserves(self) -> bool:
+        return False
+
+    def __call__(self, module, x, R):
+        raise TypeError(self.reason)

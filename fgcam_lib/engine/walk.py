@@ -1,0 +1,219 @@
+"""The forward that keeps what relevance rules read, and the one backward walk.
+
+Positions are node ids of a :class:`~fgcam_lib.engine.graph.Graph` (``INPUT`` = -1 for the
+image). :func:`plan` lists the nodes a walk from ``start`` down to some ``stops`` passes and
+the activations their rules read; :func:`forward` runs the model keeping exactly those (and
+frees every other activation after its last reader); :func:`propagate` walks the nodes in
+reverse topological order, adding up relevance where a tensor feeds several consumers, and
+returns the relevance at every stop from that one walk.
+
+    >>> bound = bind(paper(), graph)
+    >>> walk = plan(graph, bound, start=graph.output, stops=[INPUT, 13])
+    >>> trace = forward(graph, x, keep=walk.keep)
+    >>> R = propagate(graph, bound, trace, R_logits, walk)
+    >>> R[INPUT].shape   # B x 3 x H x W relevance at the input
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator
+
+import torch
+from torch import nn
+
+from .graph import INPUT, Graph
+from .presets import Bound
+
+Tensor = torch.Tensor
+
+__all__ = ["Trace", "Walk", "plan", "forward", "propagate", "eval_mode"]
+
+
+@dataclass
+class Trace:
+    """A forward pass: kept activations, every tensor's shape, and the logits."""
+
+    acts: dict[int, Any] = field(default_factory=dict)
+    shapes: dict[int, Any] = field(default_factory=dict)
+    out: Tensor | None = None
+
+
+@dataclass(frozen=True)
+class Walk:
+    """What one propagation visits: ``nodes`` deepest first, the ``stops`` it reports, and the
+    activations ``keep`` its rules read."""
+
+    start: int
+    stops: frozenset[int]
+    nodes: tuple[int, ...]
+    keep: frozenset[int]
+
+
+def plan(graph: Graph, bound: Bound, start: int, stops: Iterable[int]) -> Walk:
+    """The nodes between ``start`` and ``stops`` and the activations their rules read."""
+    stops = frozenset(stops)
+    if not all(graph.reaches(s, start) for s in stops):
+        bad = [graph.name(s) for s in stops if not graph.reaches(s, start)]
+        raise ValueError(f"relevance at {graph.name(start)!r} does not flow to {', '.join(bad)}")
+    nodes = tuple(graph.between(start, stops))
+    keep: set[int] = set()
+    for i in nodes:
+        if bound[i][1].reads_input:
+            keep.update(graph.nodes[i].inputs)
+    return Walk(start, stops, nodes, frozenset(keep))
+
+
+def _shape(v: Any) -> Any:
+    if isinstance(v, torch.Tensor):
+        return v.shape
+    if isinstance(v, (tuple, list)) and v and all(isinstance(t, torch.Tensor) for t in v):
+        return tuple(t.shape for t in v)
+    return None
+
+
+def _detach(v: Any) -> Any:
+    if isinstance(v, torch.Tensor):
+        return v.detach()
+    if isinstance(v, (tuple, list)):
+        return type(v)(_detach(t) for t in v)
+    return v
+
+
+def forward(graph: Graph, x: Tensor, keep: Iterable[int] = (), grad_at: Iterable[int] = ()) -> Trace:
+    """Run the model's graph on ``x``, out of place.
+
+    Keeps the values of the nodes in ``keep`` (``INPUT`` for the image) and the shape of every
+    tensor. Each node in ``grad_at`` becomes a leaf that requires grad, so gradients of the
+    logits flow down to those nodes and no further; without ``grad_at`` nothing is recorded.
+    Other activations are freed after their last reader.
+    """
+    keep, grad_at = set(keep), set(grad_at)
+    trace = Trace()
+    last = _last_use(graph)
+    vals: dict[int, Any] = {}
+    with torch.set_grad_enabled(bool(grad_at)):
+        h = x.detach().requires_grad_(True) if INPUT in grad_at else x
+        vals[INPUT] = h
+        trace.shapes[INPUT] = h.shape
+        if INPUT in keep:
+            trace.acts[INPUT] = h
+        for i, node in enumerate(graph.nodes):
+            v = node.op(*(vals[j] for j in node.inputs))
+            if i in grad_at:
+                v = v.detach().requires_grad_(True)
+            vals[i] = v
+            s = _shape(v)
+            if s is not None:
+                trace.shapes[i] = s
+            elif not isinstance(v, torch.Tensor):
+                trace.acts[i] = v  # sizes and other small values: kept so ops can be re-run
+            if i in keep:
+                trace.acts[i] = v
+            for j in set(node.inputs):
+                if last.get(j) == i:
+                    vals.pop(j, None)
+    trace.out = vals[graph.output]
+    if not isinstance(trace.out, torch.Tensor) or trace.out.dim() != 2:
+        shape = tuple(trace.out.shape) if isinstance(trace.out, torch.Tensor) else type(trace.out).__name__
+        raise TypeError(f"the model returns {shape}; explainers need B x classes logits")
+    return trace
+
+
+def _last_use(graph: Graph) -> dict[int, int]:
+    last = getattr(graph, "_last", None)
+    if last is None:
+        last = {}
+        for i, node in enumerate(graph.nodes):
+            for j in node.inputs:
+                last[j] = i
+        last.pop(graph.output, None)
+        graph._last = last
+    return last
+
+
+def _meta(shape: Any) -> Any:
+    if isinstance(shape, tuple) and shape and isinstance(shape[0], torch.Size):
+        return tuple(torch.empty(s, device="meta") for s in shape)
+    return torch.empty(shape, device="meta")
+
+
+def _add(a: Any, b: Any) -> Any:
+    if a is None:
+        return b
+    if isinstance(a, dict):
+        out = dict(a)
+        for k, v in b.items():
+            out[k] = out[k] + v if k in out else v
+        return out
+    return a + b
+
+
+def propagate(
+    graph: Graph,
+    bound: Bound,
+    trace: Trace,
+    relevance: Tensor,
+    walk: Walk,
+    keep_all: bool = False,
+    observe: Callable[[int, Tensor, list], None] | None = None,
+) -> dict[int, Tensor]:
+    """Walk ``relevance`` (the shape of the activation at ``walk.start``) down to each stop.
+
+    Returns ``{position: relevance}`` for each stop (and every node passed when ``keep_all``).
+    ``observe(node id, relevance at its output, relevances at its inputs)`` sees each step.
+    """
+    R: dict[int, Any] = {walk.start: relevance}
+    out: dict[int, Tensor] = {}
+    members = set(walk.nodes) | walk.stops
+    if walk.start in walk.stops or keep_all:
+        out[walk.start] = relevance
+    for i in walk.nodes:
+        r = R.pop(i, None)
+        if (keep_all or i in walk.stops) and isinstance(r, torch.Tensor):
+            out[i] = r
+        if r is None:
+            continue
+        node = graph.nodes[i]
+        op, rule = bound[i]
+        tensor_inputs = [j for j in node.inputs if j in trace.shapes]
+        xs = []
+        for j in tensor_inputs:
+            if not rule.reads_input:
+                xs.append(_meta(trace.shapes[j]))
+            elif j in trace.acts:
+                xs.append(_detach(trace.acts[j]))
+            else:
+                raise RuntimeError(f"activation feeding {node.describe()} was not kept")
+        data = [j == INPUT or graph.nodes[j].data for j in tensor_inputs]
+        if rule.multi:
+            rins = rule(op, xs, r, data)
+        elif sum(data) == 1:  # one signal; other tensor inputs are parameters (a norm's weight)
+            k = data.index(True)
+            rins = [None] * len(xs)
+            rins[k] = rule(op, xs[k], r)
+        else:
+            raise TypeError(f"{node.describe()} has {sum(data)} tensor inputs; {rule!r} takes one")
+        if observe is not None:
+            observe(i, r, rins)
+        for j, d, rin in zip(tensor_inputs, data, rins):
+            if rin is not None and d and j in members:
+                R[j] = _add(R.get(j), rin)
+    for s in walk.stops:
+        if s not in out:
+            got = R.get(s)
+            out[s] = got if got is not None else torch.zeros(trace.shapes[s], dtype=relevance.dtype,
+                                                              device=relevance.device)
+    return out
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put every module in eval mode; restore each module's own flag afterwards."""
+    flags = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        yield model
+    finally:
+        for m, flag in flags:
+            m.training = flag
