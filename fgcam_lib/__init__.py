@@ -8,11 +8,21 @@ from .base import Explainer, Explanation
 from .cam import GradCAM, GradCAMpp, LayerCAM, ScoreCAM, XGradCAM
 from .fgcam import CLRP, FGCAM, LRP, SGLRP, denoise
 from .engine.presets import Preset, canonical, paper
-from .engine.rules import AlphaBeta, Epsilon, Flat, Pass, PoolZ, WSquare, ZBeta, ZPlus
+from .engine.rules import AlphaBeta, Epsilon, Flat, Gate, Pass, PoolZ, Route, Split, Sum, WSquare, ZBeta, ZPlus
+
+
+def coverage(model, rules="paper", x=None, size: int = 224):
+    """What the engine does at every node of ``model``: op, kind, rule, conservation (a DataFrame).
+
+    Run it before trusting a map on a new architecture; see :func:`fgcam_lib.engine.report.coverage`.
+    """
+    from .engine.report import coverage as _coverage  # lazily: pandas
+
+    return _coverage(model, rules=rules, x=x, size=size)
 
 
 def load_model(name: str, weights=None, device="cpu", pretrained: bool = True):
-    """Load ``"bundled"`` or a torchvision VGG: ``(model, preprocess)``; see :func:`fgcam_lib.models.load_model`."""
+    """Load ``"bundled"`` or a torchvision CNN: ``(model, preprocess)``; see :func:`fgcam_lib.models.load_model`."""
     from .models import load_model as _load  # lazily: torchvision is only needed here
 
     return _load(name, weights=weights, device=device, pretrained=pretrained)
@@ -20,7 +30,7 @@ def load_model(name: str, weights=None, device="cpu", pretrained: bool = True):
 
 __all__ = [
     "FGCAM", "GradCAM", "ScoreCAM", "GradCAMpp", "XGradCAM", "LayerCAM", "LRP", "CLRP", "SGLRP",
-    "Explainer", "Explanation", "denoise", "load_model",
+    "Explainer", "Explanation", "denoise", "load_model", "coverage",
     "Preset", "paper", "canonical",
-    "ZPlus", "ZBeta", "Epsilon", "AlphaBeta", "Flat", "WSquare", "Pass", "PoolZ",
+    "ZPlus", "ZBeta", "Epsilon", "AlphaBeta", "Flat", "WSquare", "Pass", "PoolZ", "Sum", "Gate", "Route", "Split",
 ]

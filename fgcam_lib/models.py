@@ -1,4 +1,4 @@
-"""Model loading: torchvision VGGs with their official weights, and the bundled benchmark model.
+"""Model loading: torchvision CNNs with their official weights, and the bundled benchmark model.
 
 ``load_model(name) -> (model, preprocess)``; the model is in eval mode. Weights are never
 silently random: a missing file raises :class:`WeightsNotFoundError` with the path(s)
@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 __all__ = [
     "BundledVGG", "Preprocess", "WeightsNotFoundError", "load_model", "model_card", "bundled_classes",
-    "VGG16_CFG", "TORCHVISION_VGGS", "MODEL_NAMES", "BUNDLED_CHECKPOINT", "BUNDLED_CARD",
+    "VGG16_CFG", "TORCHVISION_VGGS", "TORCHVISION_CNNS", "MODEL_NAMES", "BUNDLED_CHECKPOINT", "BUNDLED_CARD",
     "IMAGENET_MEAN", "IMAGENET_STD",
 ]
 
@@ -35,7 +35,19 @@ VGG16_CFG: list[int | str] = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 51
 TORCHVISION_VGGS: tuple[str, ...] = (
     "vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn",
 )
-MODEL_NAMES: tuple[str, ...] = ("bundled",) + TORCHVISION_VGGS
+#: torchvision CNNs the engine is tested on (any other torchvision classifier loads too)
+TORCHVISION_CNNS: tuple[str, ...] = TORCHVISION_VGGS + (
+    "alexnet", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
+    "wide_resnet50_2", "densenet121", "densenet169", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large",
+    "efficientnet_b0", "convnext_tiny", "regnet_y_400mf",
+)
+MODEL_NAMES: tuple[str, ...] = ("bundled",) + TORCHVISION_CNNS
+
+
+def _torchvision_classifiers() -> list[str]:
+    import torchvision.models as tvm
+
+    return tvm.list_models(module=tvm)
 
 
 class WeightsNotFoundError(RuntimeError):
@@ -157,8 +169,9 @@ class Preprocess:
 def _torchvision_weights_enum(name: str) -> Any:
     import torchvision.models as tvm
 
-    enum_name = {n: n.replace("vgg", "VGG").replace("_bn", "_BN") + "_Weights" for n in TORCHVISION_VGGS}[name]
-    return getattr(tvm, enum_name).IMAGENET1K_V1
+    if name in TORCHVISION_VGGS:  # the paper's weights
+        return tvm.get_model_weights(name).IMAGENET1K_V1
+    return tvm.get_model_weights(name).DEFAULT
 
 
 def _hub_checkpoint_path(url: str) -> Path:
@@ -168,10 +181,11 @@ def _hub_checkpoint_path(url: str) -> Path:
 def _load_torchvision(name: str, weights: str | os.PathLike | None) -> tuple[nn.Module, Preprocess]:
     import torchvision.models as tvm
 
-    preprocess = Preprocess(224)
-    if weights == "random":
-        return getattr(tvm, name)(weights=None), preprocess
     enum = _torchvision_weights_enum(name)
+    tf = enum.transforms()
+    preprocess = Preprocess(int(tf.crop_size[0]), tuple(tf.mean), tuple(tf.std))
+    if weights == "random":
+        return tvm.get_model(name, weights=None), preprocess
     url = enum.url
     path = Path(weights) if weights is not None else _hub_checkpoint_path(url)
     if not path.is_file():
@@ -183,7 +197,7 @@ def _load_torchvision(name: str, weights: str | os.PathLike | None) -> tuple[nn.
             f"Use weights='random' for an untrained network.")
     state = torch.load(path, map_location="cpu", weights_only=True)
     with torch.device("meta"):  # skip the random init: every tensor comes from the file
-        model = getattr(tvm, name)(weights=None)
+        model = tvm.get_model(name, weights=None)
     model.load_state_dict(state, assign=True)
     model.categories = list(enum.meta["categories"])  # type: ignore[attr-defined]
     return model, preprocess
@@ -226,9 +240,11 @@ def load_model(name: str, weights: str | os.PathLike | None = None, device: str 
     """Load a model by name; returns ``(model in eval mode on device, preprocess)``.
 
     Args:
-        name: "bundled" or one of the torchvision VGGs (``TORCHVISION_VGGS``).
-        weights: None (default location: data/ for "bundled", the torch hub cache for the
-            VGGs), a path to a checkpoint / state-dict file, or "random" (untrained).
+        name: "bundled" or a torchvision classifier (``TORCHVISION_CNNS`` are tested:
+            VGGs, ResNets, DenseNets, MobileNets, EfficientNet, ConvNeXt, ...).
+        weights: None (default location: data/ for "bundled", the torch hub cache for
+            torchvision models; VGGs take the paper's IMAGENET1K_V1 weights, others their
+            DEFAULT), a path to a checkpoint / state-dict file, or "random" (untrained).
         device: where to put the model.
         pretrained: False is the same as ``weights="random"``.
 
@@ -240,10 +256,15 @@ def load_model(name: str, weights: str | os.PathLike | None = None, device: str 
         weights = "random"
     if name == "bundled":
         model, preprocess = _load_bundled(weights)
-    elif name in TORCHVISION_VGGS:
+    elif name in TORCHVISION_CNNS or name in _torchvision_classifiers():
         model, preprocess = _load_torchvision(name, weights)
     else:
-        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(MODEL_NAMES)}")
+        import difflib
+
+        close = difflib.get_close_matches(name, list(dict.fromkeys(MODEL_NAMES + tuple(_torchvision_classifiers()))), n=3)
+        hint = f" (closest: {', '.join(close)})" if close else ""
+        raise ValueError(f"unknown model {name!r}{hint}; use 'bundled' or a torchvision classifier such as "
+                         "vgg16_bn, resnet50, densenet121, mobilenet_v2, efficientnet_b0, convnext_tiny")
     return model.to(device).eval(), preprocess
 
 

@@ -20,7 +20,7 @@ __all__ = [
 
 
 def coverage(*args, **kwargs):
-    """The coverage table, see :func:`fgcam_lib.engine.report.coverage` (imported lazily: it needs pandas)."""
+    """The coverage table, see :func:`fgcam_lib.engine.report.coverage` (imported lazily: pandas)."""
     from .report import coverage as _coverage
 
     return _coverage(*args, **kwargs)

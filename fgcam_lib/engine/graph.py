@@ -248,11 +248,16 @@ class Graph:
                     self._display[i] = n.name
         self.users: list[list[int]] = [[] for _ in self.nodes]
         self.input_users: list[int] = []
+        #: id -> the last node reading it (the forward frees a value after that read)
+        self.last_use: dict[int, int] = {}
         for i, n in enumerate(self.nodes):
             for j in dict.fromkeys(n.inputs):
                 (self.input_users if j == INPUT else self.users[j]).append(i)
+                self.last_use[j] = i
+        self.last_use.pop(self.output, None)
         self._anc: dict[int, frozenset[int]] = {}
         self._min_size: tuple[int, int] | None = None
+        self._first: frozenset[int] | None = None
 
     def __len__(self) -> int:
         return len(self.nodes)
@@ -341,14 +346,13 @@ class Graph:
         up = self.ancestors(start) | {start}
         return sorted((i for i in up if i != INPUT and (stops - {i}) & self.ancestors(i)), reverse=True)
 
-    def weighted_first(self) -> list[int]:
+    def weighted_first(self) -> frozenset[int]:
         """Conv/linear nodes with no conv/linear before them: the layers that read the image."""
-        out = []
-        for i, n in enumerate(self.nodes):
-            if n.kind in ("conv", "linear") and not any(
-                    j != INPUT and self.nodes[j].kind in ("conv", "linear") for j in self.ancestors(i)):
-                out.append(i)
-        return out
+        if self._first is None:
+            self._first = frozenset(
+                i for i, n in enumerate(self.nodes) if n.kind in ("conv", "linear") and not any(
+                    j != INPUT and self.nodes[j].kind in ("conv", "linear") for j in self.ancestors(i)))
+        return self._first
 
     def first_conv(self) -> nn.Conv2d:
         for n in self.nodes:

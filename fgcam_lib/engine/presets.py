@@ -183,7 +183,7 @@ def bind(preset: Preset, graph: Graph) -> Bound:
     give different maps.
     """
     preset.check_keys(graph)
-    first = frozenset(graph.weighted_first())
+    first = graph.weighted_first()
     out: Bound = []
     flipped = []
     for p, node in enumerate(graph.nodes):

@@ -90,7 +90,7 @@ def forward(graph: Graph, x: Tensor, keep: Iterable[int] = (), grad_at: Iterable
     """
     keep, grad_at = set(keep), set(grad_at)
     trace = Trace()
-    last = _last_use(graph)
+    last = graph.last_use
     vals: dict[int, Any] = {}
     with torch.set_grad_enabled(bool(grad_at)):
         h = x.detach().requires_grad_(True) if INPUT in grad_at else x
@@ -118,18 +118,6 @@ def forward(graph: Graph, x: Tensor, keep: Iterable[int] = (), grad_at: Iterable
         shape = tuple(trace.out.shape) if isinstance(trace.out, torch.Tensor) else type(trace.out).__name__
         raise TypeError(f"the model returns {shape}; explainers need B x classes logits")
     return trace
-
-
-def _last_use(graph: Graph) -> dict[int, int]:
-    last = getattr(graph, "_last", None)
-    if last is None:
-        last = {}
-        for i, node in enumerate(graph.nodes):
-            for j in node.inputs:
-                last[j] = i
-        last.pop(graph.output, None)
-        graph._last = last
-    return last
 
 
 def _meta(shape: Any) -> Any:
