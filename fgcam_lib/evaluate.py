@@ -791,7 +791,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m fgcam_lib.evaluate",
         description="Evaluate explanation methods (faithfulness, localization) as in the FG-CAM paper.",
     )
-    p.add_argument("--model", default="bundled", help="'bundled' or a torchvision VGG (vgg16_bn, ...)")
+    p.add_argument("--model", default="bundled",
+                   help="'bundled' or a torchvision CNN (vgg16_bn, resnet50, densenet121, efficientnet_b0, ...)")
     p.add_argument("--weights", default=None, help="checkpoint path, or 'random' for an untrained network")
     p.add_argument("--device", default="cpu")
     p.add_argument("--data", default="benchmark:test",

@@ -32,8 +32,8 @@ Tensor = torch.Tensor
 
 def safe_div(num: Tensor, den: Tensor) -> Tensor:
     """``num / den`` with 0 where ``den == 0``."""
-    zero = den == 0
-    return torch.where(zero, torch.zeros_like(num), num / torch.where(zero, torch.ones_like(den), den))
+    # one division and one in-place pass: x/0 gives inf or nan, both set to 0
+    return (num / den).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
 
 
 @dataclass(eq=False)
@@ -124,9 +124,9 @@ class AlphaBeta(Rule):
     def _part(self, lin: _Linear, x: Tensor, R: Tensor, positive: bool) -> Tensor:
         w = lin.weight
         wp, wn = w.clamp(min=0), w.clamp(max=0)
-        xp = x.clamp(min=0)
         # after a ReLU the negative inputs are all zero: skip their convolutions
-        has_neg = bool((x < 0).any())
+        has_neg = bool(x.min() < 0)
+        xp = x.clamp(min=0) if has_neg else x
         xn = x.clamp(max=0) if has_neg else None
         w_pos_in, w_neg_in = (wp, wn) if positive else (wn, wp)
         z = lin.forward(xp, w_pos_in)
@@ -322,15 +322,16 @@ class Sum(Rule):
             for k, x in zip(live, parts):
                 out[k] = (x * s).sum_to_size(x.shape)
             return out
-        pos = sum(x.clamp(min=0) for x in parts)
-        neg = sum(x.clamp(max=0) for x in parts)
-        up = (pos + neg) >= 0
-        den = torch.where(up, pos, neg)
-        even = den == 0
+        up = sum(parts) >= 0
+        nums = [x * ((x >= 0) == up) for x in parts]  # the operands whose sign matches the sum's
+        den = sum(nums)
         s = safe_div(R, den)
-        for k, x in zip(live, parts):
-            share = torch.where(up, x.clamp(min=0), x.clamp(max=0)) * s
-            share = torch.where(even, R / len(parts), share)
+        even = den == 0  # every operand 0: equal shares
+        spread = bool(even.any())
+        for k, x, num in zip(live, parts, nums):
+            share = num.mul_(s)
+            if spread:
+                share = torch.where(even, R / len(parts), share)
             out[k] = share.sum_to_size(x.shape)
         return out
 
