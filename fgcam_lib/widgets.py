@@ -115,19 +115,25 @@ def parse_method(method: str, base: str = "grad_cam") -> tuple[str, str, bool | 
     return key, base, want_denoise
 
 
-def pool_layers(model: nn.Module) -> list[int | str]:
-    """The model's pooling layers, deepest first, then ``"input"`` (``[43, 33, 23, 13, 6, "input"]``).
+def pool_layers(model: nn.Module, size: int = 224) -> list[int | str]:
+    """The layers the explorer offers, deepest first, then ``"input"``.
 
-    For VGG-style models these are ``model.features`` indices; otherwise module paths.
+    VGG-style models: the pools as ``model.features`` indices (``[43, 33, 23, 13, 6, "input"]``);
+    other models: the deepest layer at each resolution, by name (ResNet: ``"layer4"`` ...
+    ``"layer1"``, the stem), found with one forward of a ``size`` x ``size`` input.
     """
     graph = graph_of(model)
-    top = graph.default_component_layer()
+    shapes: dict = {}
+    if not graph.vgg_style:
+        conv = graph.first_conv()
+        x = torch.zeros(1, conv.in_channels, size, size, device=next(model.parameters()).device)
+        with torch.no_grad(), eval_mode(model):
+            shapes = forward(graph, x).shapes
     out: list[int | str] = []
-    for p, node in enumerate(graph.nodes):
-        if isinstance(node.module, (nn.MaxPool2d, nn.AvgPool2d)) and graph.reaches(p, top):
-            name = graph.name(p)
-            out.append(int(name.split(".")[1]) if graph.vgg_style and name.startswith("features.") else name)
-    return out[::-1] + ["input"]
+    for p in graph.stages(shapes):
+        name = graph.name(p)
+        out.append(int(name.split(".")[1]) if graph.vgg_style and name.startswith("features.") else name)
+    return out + ["input"]
 
 
 def fraction_choices(channels: int, positions: int, paper: float = 0.1) -> list[tuple[str, float]]:
@@ -217,7 +223,7 @@ class Explorer:
     """Explore explanations of one model interactively (``show()``) or headless (``update()``).
 
     Args:
-        model: a VGG-style or Sequential CNN (see :mod:`fgcam_lib.layers`).
+        model: a CNN fx can trace, or an ``nn.Sequential`` (see :mod:`fgcam_lib.engine.graph`).
         preprocess: the model's :class:`~fgcam_lib.models.Preprocess` (resize + normalise;
             its ``mean``/``std`` set the canonical rules' pixel bounds).
         images: B x 3 x H x W in [0, 1], or a list of ``(name, 3 x H x W)`` pairs, tensors or
@@ -247,7 +253,7 @@ class Explorer:
             self.add_image(img, name)
         if not self.images:
             raise ValueError("Explorer needs at least one image")
-        self.layers = pool_layers(model)
+        self.layers = pool_layers(model, preprocess.size)
         self._shapes = self._layer_shapes()
         n_classes = int(self._shapes[self.graph.output][1])
         self.class_names = list(class_names) if class_names is not None else _class_names(model, n_classes)

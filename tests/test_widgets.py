@@ -272,3 +272,21 @@ def test_show_builds_controls_that_drive_update(model_and_images, monkeypatch):
     ws["upload"].value = ({"name": "bad.png", "type": "image/png", "size": 3, "content": memoryview(b"abc"),
                            "last_modified": datetime.now(timezone.utc)},)
     assert "bad.png" in ws["message"].value
+
+
+def test_explorer_on_a_resnet():
+    """Beyond VGG: stage outputs by name, and the explorer's FG-CAM map is the explainer's."""
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=len(CLASSES)).eval()
+    assert pool_layers(model, SIZE) == ["layer4", "layer3", "layer2", "layer1", "relu", "input"]
+    scenes = SyntheticScenes("test", 2, size=SIZE).to_tensors()[0]
+    pre = Preprocess(SIZE)
+    ex = Explorer(model, pre, images=scenes)
+    ex.update(image=0, method="fg_grad_cam", layer="layer2", denoise=False)
+    assert ex.error is None
+    ref = FGCAM(model, mean=pre.mean, std=pre.std)(pre(scenes[:1]), target=ex._target(ex.settings), layer="layer2")
+    assert torch.allclose(ex.current_map(), ref[0], rtol=1e-5, atol=1e-8)
+    ex.update(method="grad_cam", layer="layer3")
+    assert ex.error is None and ex.current_map().shape == (SIZE // 16, SIZE // 16)

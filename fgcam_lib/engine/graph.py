@@ -392,6 +392,31 @@ class Graph:
                 break
         raise ValueError("cannot find a feature map before the classifier head; pass component_layer")
 
+    def stages(self, shapes: dict[int, Any]) -> list[int]:
+        """The layers a reader looks at, deepest first, from a forward's ``shapes``: on VGG-style
+        models the pools (the paper's 43, 33, 23, 13, 6); otherwise, at each resolution below the
+        component layer, the outermost container output (else the deepest module output) that
+        every path to the logits passes (ResNet: layer4 ... layer1, then the stem)."""
+        top = self.default_component_layer()
+        if self.vgg_style:
+            return [i for i in range(top, -1, -1) if isinstance(self.nodes[i].module, (nn.MaxPool2d, nn.AvgPool2d))]
+        named = set(self.aliases.values())
+        best: dict[tuple, int] = {}
+        for i in range(top, -1, -1):
+            s = shapes.get(i)
+            if not isinstance(s, torch.Size) or len(s) != 4:
+                continue
+            if self.nodes[i].module is None and i not in named:
+                continue  # functional ops inside a module (e.g. a channels-last layer norm)
+            if not (self.reaches(i, top) and self._dominates_output(i)):
+                continue
+            key = tuple(s[2:])
+            if key not in best or self.name(i).count(".") < self.name(best[key]).count("."):
+                best[key] = i  # the outermost container at that resolution, else the deepest node
+        if isinstance(shapes.get(top), torch.Size) and len(shapes[top]) == 4:
+            best[tuple(shapes[top][2:])] = top  # the component layer stands for its resolution
+        return sorted(best.values(), reverse=True)
+
     def min_size(self, like: Tensor) -> tuple[int, int]:
         """Smallest square input (H, W) the model runs on, found by trying small inputs like ``like``."""
         if self._min_size is None:
