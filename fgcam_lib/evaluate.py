@@ -810,9 +810,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-loc", type=int, default=None, help="paper protocol: localization images (default 500)")
     p.add_argument("--methods", default=",".join(dict.fromkeys(PAPER_CAM_METHODS + PAPER_INPUT_METHODS)),
                    help=f"comma-separated, of {', '.join(METHODS)} (default: the paper's Tables 1-6)")
-    p.add_argument("--layers", default="33,23,13,input",
-                   help="comma-separated: indices into model.features, module paths or 'input'; "
-                        "a method is skipped where it is not defined (a CAM at the input)")
+    p.add_argument("--layers", default=None,
+                   help="comma-separated: indices into model.features, layer names or 'input'; "
+                        "a method is skipped where it is not defined (a CAM at the input). Default: "
+                        "33,23,13,input on VGG; elsewhere the layers at 1/16, 1/8, 1/4 of the input "
+                        "(ResNet: layer3,layer2,layer1) and input")
     p.add_argument("--metrics", default="adai,insdel,proportion", help=f"of {', '.join(METRIC_GROUPS)}")
     p.add_argument("--target", choices=("pred", "true"), default="pred",
                    help="class explained: the clean image's top-1 (pred) or the label (true)")
@@ -880,11 +882,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    methods, layers = _split_list(args.methods), _split_list(args.layers)
+    methods = _split_list(args.methods)
     try:
         _validate(methods, _split_list(args.metrics))
         tables = [_table_number(t) for t in _split_list(args.table or "")]
         model, preprocess = _load_model(args)
+        if args.layers is None:
+            from .methods import paper_layers
+
+            layers = [*paper_layers(model, int(getattr(preprocess, "size", 224))), "input"]
+        else:
+            layers = _split_list(args.layers)
         for layer in layers:  # a typo must stop the run, not skip the layer
             supports(methods[0], layer, model)
         size = int(getattr(preprocess, "size", 224))

@@ -42,7 +42,7 @@ from .engine.presets import IMAGENET_MEAN, IMAGENET_STD
 __all__ = [
     "MethodSpec", "METHODS", "FAMILIES", "PAPER_CAM_METHODS", "PAPER_INPUT_METHODS",
     "make_explainer", "method_layers", "supports", "is_signed", "is_input_layer", "label",
-    "method_names", "normalization",
+    "method_names", "normalization", "paper_layers",
 ]
 
 FAMILIES: tuple[str, ...] = ("cam", "fgcam", "lrp")
@@ -191,6 +191,36 @@ def make_explainer(
     mean = tuple(mean) if mean is not None else m
     std = tuple(std) if std is not None else s
     return spec.build(model, mean, std, **{**spec.defaults, **overrides})
+
+
+def paper_layers(model: nn.Module, size: int = 224) -> list[str]:
+    """The paper's three CAM layers on ``model``: ``["33", "23", "13"]`` on VGG16-BN's layout
+    (the max-pools at 1/16, 1/8, 1/4 of the input); elsewhere the layers at those resolutions
+    (other VGGs: their pools; ResNet: ``["layer3", "layer2", "layer1"]``), for a ``size`` px input.
+
+    Example:
+        >>> paper_layers(torchvision.models.resnet50())
+        ['layer3', 'layer2', 'layer1']
+    """
+    import torch
+
+    from .engine.walk import eval_mode, forward
+
+    graph = graph_of(model)
+    if graph.vgg_style and graph.n_features == 44:
+        return ["33", "23", "13"]
+    conv = graph.first_conv()
+    x = torch.zeros(1, conv.in_channels, size, size, device=next(model.parameters()).device)
+    with torch.no_grad(), eval_mode(model):
+        shapes = forward(graph, x).shapes
+    import math
+
+    by_stride = {2 ** round(math.log2(size / int(shapes[p][-1]))): p for p in graph.stages(shapes)}
+    missing = [s for s in (16, 8, 4) if s not in by_stride]
+    if missing:
+        raise ValueError(f"{type(model).__name__} has no stage output at 1/{missing[0]} of a {size} px input; "
+                         "name the layers")
+    return [graph.name(by_stride[s]) for s in (16, 8, 4)]
 
 
 def is_input_layer(layer: int | str) -> bool:

@@ -338,3 +338,14 @@ def test_cli_plain_folder_skips_localization(tmp_path, capsys):
     assert set(df["metric"]) == {"average_drop", "average_increase"}
     assert set(df["image_id"]) == {"im0.png", "im1.png"} and (df["label"] == -1).all()
     assert "no boxes" in capsys.readouterr().err
+
+
+def test_paper_layers_beyond_vgg():
+    """The paper's Layer33/23/13 are the outputs at 1/16, 1/8, 1/4 of the input on any CNN."""
+    import torchvision
+
+    from fgcam_lib.methods import paper_layers
+
+    assert paper_layers(BundledVGG(scaled_cfg(16), n_classes=8), 96) == ["33", "23", "13"]
+    assert paper_layers(torchvision.models.resnet18(num_classes=4), 64) == ["layer3", "layer2", "layer1"]
+    assert paper_layers(torchvision.models.vgg11(num_classes=4), 64) == ["features.15", "features.10", "features.5"]
