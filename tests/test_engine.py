@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fgcam_lib import CLRP, FGCAM, LRP, SGLRP, GradCAM, GradCAMpp, LayerCAM, ScoreCAM, XGradCAM, denoise, paper
+from fgcam_lib import CLRP, FGCAM, LRP, SGLRP, GradCAM, GradCAMpp, LayerCAM, PoolZ, ScoreCAM, XGradCAM, denoise, paper
 from fgcam_lib.fgcam import denoise_rank
 from fgcam_lib.engine.rules import AlphaBeta, Epsilon, Flat, ZBeta, ZPlus, channel_bounds, image_bounds
 
@@ -382,3 +382,28 @@ def test_score_cam_default_shares_fg_score_cam_weights(tiny_vgg, images):
     fg = FGCAM(tiny_vgg, base="score_cam")
     top = fg.component_layer
     assert torch.allclose(ScoreCAM(tiny_vgg)(images, layer=top), fg(images, layer=top), rtol=1e-5, atol=1e-7)
+
+
+# ----------------------------------------------------------------------------------
+# z+ where no contribution is positive: plain (leaks) and conservative
+# ----------------------------------------------------------------------------------
+def test_zplus_leaks_where_no_contribution_is_positive_and_the_conservative_variant_does_not():
+    conv = nn.Conv2d(1, 1, (1, 2), bias=False)
+    conv.weight.data = torch.tensor([[[[1.0, 2.0]]]])
+    x = torch.tensor([[[[-1.0, -2.0, 3.0]]]])  # outputs: -5 (no positive contribution), 4
+    R = torch.tensor([[[[1.0, 1.0]]]])
+    plain = ZPlus()(conv, x, R)
+    assert torch.allclose(plain, torch.tensor([[[[0.0, 0.0, 1.0]]]]))  # the first output's relevance is lost
+    cons = ZPlus(conservative=True)(conv, x, R)
+    # the first output's relevance goes to its negative contributions -1 and -4: shares 1/5 and 4/5
+    assert torch.allclose(cons, torch.tensor([[[[0.2, 0.8, 1.0]]]]))
+    assert ZPlus(conservative=True).conserves
+
+
+def test_conservative_pool_shares_all_negative_windows():
+    pool = nn.AdaptiveAvgPool2d(1)
+    x = torch.tensor([[[[-1.0, -3.0]], [[2.0, -2.0]]]])  # channel 0 has no positive input
+    R = torch.tensor([[[[1.0]], [[1.0]]]])
+    assert torch.allclose(PoolZ()(pool, x, R).sum((2, 3)), torch.tensor([[0.0, 1.0]]))
+    out = PoolZ(conservative=True)(pool, x, R)
+    assert torch.allclose(out, torch.tensor([[[[0.25, 0.75]], [[1.0, 0.0]]]]))

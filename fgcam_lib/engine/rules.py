@@ -156,13 +156,34 @@ class ZPlus(AlphaBeta):
 
     With non-negative inputs (after a ReLU) this is the paper's Eq. 5; the ``x- w-`` term
     is the authors' code's handling of negative inputs, and zennit's ZPlus.
+
+    An output with no positive contribution (``z_j = 0``) passes none of its relevance on.
+    After ReLUs that output is 0 and gets no relevance, but where signed activations (SiLU,
+    Hardswish, GELU, a linear bottleneck) feed the next layer, relevance does arrive there
+    and is lost: 13% of it on EfficientNet-B0. ``conservative=True`` gives such an output's
+    relevance to its negative contributions instead, ``(x+ w- + x- w+) / z-_j``, so the
+    rule conserves wherever any contribution is non-zero; elsewhere it is plain z+.
     """
 
-    def __init__(self, bias: bool = False):
+    def __init__(self, bias: bool = False, conservative: bool = False):
         super().__init__(alpha=1.0, beta=0.0, bias=bias)
+        self.conservative = conservative
+
+    def __call__(self, module, x, R):
+        out = super().__call__(module, x, R)
+        if not self.conservative:
+            return out
+        lin = _Linear(module)
+        xp = x.clamp(min=0)
+        z = lin.forward(xp, lin.weight.clamp(min=0)) + lin.forward(x.clamp(max=0), lin.weight.clamp(max=0))
+        lost = torch.where(z == 0, R, torch.zeros_like(R))
+        if not bool(lost.any()):
+            return out
+        return out + self._part(lin, x, lost, positive=False)
 
     def __repr__(self) -> str:
-        return f"ZPlus(bias={self.bias})"
+        extra = ", conservative=True" if self.conservative else ""
+        return f"ZPlus(bias={self.bias}{extra})"
 
 
 class Epsilon(Rule):
@@ -265,7 +286,13 @@ class PoolZ(Rule):
     ``R_i = x+_i sum_j a_ij R_j / z_j`` with the pool's weights ``a``, computed as a
     vector-Jacobian product so overlapping windows are handled. Max pools: all relevance of
     an output goes to its winning input (the same formula, since only the winner counts).
+    ``conservative=True``: an output whose window has no positive input (signed features, as
+    ConvNeXt's before its global pool) shares its relevance among the negative inputs instead
+    of dropping it.
     """
+
+    def __init__(self, conservative: bool = False):
+        self.conservative = conservative
 
     def __call__(self, module, x, R):
         xp = x.clamp(min=0)
@@ -274,10 +301,21 @@ class PoolZ(Rule):
             out = torch.zeros_like(xp).flatten(2)
             keep = (z != 0).to(R.dtype)  # 0/0 -> 0, as in the z-rule
             out.scatter_add_(2, idx.flatten(2), (R * keep).flatten(2))
-            return out.view_as(xp)
-        if not callable(module):
+            out = out.view_as(xp)
+        elif callable(module):
+            z = module(xp)
+            out = xp * _vjp(module, xp, safe_div(R, z))
+        else:
             raise TypeError(f"PoolZ does not handle {type(module).__name__}")
-        return xp * _vjp(module, xp, safe_div(R, module(xp)))
+        if self.conservative:
+            lost = torch.where(z == 0, R, torch.zeros_like(R))
+            if bool(lost.any()):
+                xn = x.clamp(max=0)
+                out = out + xn * _vjp(module, xn, safe_div(lost, module(xn)))
+        return out
+
+    def __repr__(self) -> str:
+        return "PoolZ(conservative=True)" if self.conservative else "PoolZ()"
 
 
 def _data_operands(xs: Sequence[Any], data: Sequence[bool] | None) -> list[int]:
