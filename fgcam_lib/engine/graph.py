@@ -568,7 +568,17 @@ def fx_graph(model: nn.Module) -> Graph:
         else:  # pragma: no cover
             raise TypeError(f"unexpected fx node op {fn.op!r}")
         node = Node(name, kind, op, tuple(inputs), module, target)
-        node.data = any(j == INPUT or nodes[j].data for j in inputs)
+        # a shape, a size or a dimension count does not carry the image's values
+        shape_read = target in ("size", "dim", "numel") or (
+            fn.op == "call_function" and fn.target is getattr and len(fn.args) > 1 and fn.args[1] in (
+                "shape", "dtype", "device", "ndim"))
+        node.data = not shape_read and any(j == INPUT or nodes[j].data for j in inputs)
+        if kind == "mul" and len(inputs) == 2 and isinstance(op, CallOp):
+            a, b = inputs
+            anc_a = _ancestors_of(nodes, a)
+            anc_b = _ancestors_of(nodes, b)
+            # the gate is computed from the signal: x * sigmoid(f(x))
+            op.gate = 1 if a in anc_b else 0 if b in anc_a else None
         ids[fn] = len(nodes)
         nodes.append(node)
         for c in _containers(fn):
@@ -579,6 +589,19 @@ def fx_graph(model: nn.Module) -> Graph:
     aliases = {a: i for a, i in aliases.items() if a not in {n.name for n in nodes}}
     vgg = is_vgg_style(model)
     return Graph(nodes, output, "fx", aliases, _sequence(model), vgg, len(model.features) if vgg else 0)
+
+
+def _ancestors_of(nodes: list[Node], i: int) -> set[int]:
+    seen: set[int] = set()
+    stack = [i]
+    while stack:
+        j = stack.pop()
+        if j == INPUT or j in seen:
+            continue
+        seen.add(j)
+        stack.extend(nodes[j].inputs)
+    seen.discard(i)
+    return seen
 
 
 def _module_call(op: ModuleOp, args: tuple, kwargs: dict) -> Callable:

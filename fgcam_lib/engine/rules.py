@@ -377,8 +377,9 @@ class Sum(Rule):
 class Gate(Rule):
     """Multiplication: ``x * s`` with ``s`` a gate (squeeze-excitation) or a parameter (layer
     scale, a constant factor). The gate is held constant and all relevance goes to the
-    gated signal (Pahde et al. 2022's "signal-only gate"): the operand with the most
-    elements; a division's divisor is the gate. Two signals of one size have no default."""
+    gated signal (Pahde et al. 2022's "signal-only gate"). The gate is the operand computed
+    from the other one (``x * sigmoid(f(x))``, found in the graph); failing that, the one
+    with fewer elements; a division's divisor. Two unrelated signals of one size have no default."""
 
     multi = True
     reads_input = False
@@ -386,10 +387,13 @@ class Gate(Rule):
     def __call__(self, op, xs, R, data=None):
         live = _data_operands(xs, data)
         out: list[Tensor | None] = [None] * len(xs)
+        gate = getattr(op, "gate", None)
         if len(live) == 1:
             signal = live[0]
         elif getattr(op, "label", "") in ("truediv", "div"):
             signal = live[0]
+        elif gate is not None and len(xs) == 2 and len(live) == 2:
+            signal = 1 - gate
         else:
             sizes = [xs[k].numel() for k in live]
             if sizes.count(max(sizes)) > 1:
@@ -417,7 +421,7 @@ class Route(Rule):
         if label in ("cat", "concat"):
             dim = _cat_dim(op)
             pieces = R.split([x.shape[dim] for x in xs], dim)
-            return list(pieces)
+            return [p if data is None or d else None for p, d in zip(pieces, data)]  # constants take none
         (x,) = xs  # index ops read one tensor (or one tuple of tensors)
         if isinstance(x, torch.Tensor) and (isinstance(op, nn.Flatten) or label in (
                 "flatten", "view", "reshape", "squeeze", "unsqueeze", "contiguous", "Flatten", "Unflatten")):

@@ -174,14 +174,19 @@ def propagate(
             else:
                 raise RuntimeError(f"activation feeding {node.describe()} was not kept")
         data = [j == INPUT or graph.nodes[j].data for j in tensor_inputs]
-        if rule.multi:
-            rins = rule(op, xs, r, data)
-        elif sum(data) == 1:  # one signal; other tensor inputs are parameters (a norm's weight)
-            k = data.index(True)
-            rins = [None] * len(xs)
-            rins[k] = rule(op, xs[k], r)
-        else:
-            raise TypeError(f"{node.describe()} has {sum(data)} tensor inputs; {rule!r} takes one")
+        try:
+            if rule.multi:
+                rins = rule(op, xs, r, data)
+            elif sum(data) == 1:  # one signal; other tensor inputs are parameters (a norm's weight)
+                k = data.index(True)
+                rins = [None] * len(xs)
+                rins[k] = rule(op, xs[k], r)
+            else:
+                raise TypeError(f"it has {sum(data)} signal inputs; {rule!r} takes one")
+        except TypeError as exc:  # say where, once
+            if f"{node.name!r}" in str(exc):
+                raise
+            raise TypeError(f"{node.describe()}: {exc}") from None
         if observe is not None:
             observe(i, r, rins)
         for j, d, rin in zip(tensor_inputs, data, rins):
