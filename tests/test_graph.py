@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from fgcam_lib import FGCAM, LRP, GradCAM, LayerCAM
+from fgcam_lib import FGCAM, LRP, GradCAM, LayerCAM, PoolZ, ZPlus, paper
 from fgcam_lib.engine import INPUT, Route, Rule, Sum, chain_graph, coverage, forward, fx_graph, graph_of
 
 torchvision = pytest.importorskip("torchvision")
@@ -555,13 +555,17 @@ def bias_free(model: nn.Module, seed: int = 0) -> nn.Module:
 
 
 CONSERVING = ["vgg11", "vgg16_bn", "alexnet", "resnet18", "resnet50", "resnext50_32x4d", "wide_resnet50_2",
-              "densenet121"]
+              "densenet121", "convnext_tiny"]
 #: z+ drops relevance that reaches a neuron with no positive contribution, which signed activations
-#: (linear bottlenecks, Hardswish, SiLU, GELU / LayerNorm outputs) make happen: stated exceptions.
-#: Measured on ARCH_X (input sum / component sum, paper and canonical alike): mobilenet_v2 1.0 and
-#: 0.99981, mobilenet_v3_small 0.982 and 0.989, efficientnet_b0 0.862 and 0.880, convnext_tiny 0.996
-#: and 1.067 (signed components: where more negative than positive relevance is lost the ratio is > 1)
-LEAKING = ["mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "convnext_tiny"]
+#: feeding a conv (Hardswish, SiLU, a linear bottleneck) make happen: stated exceptions. Measured on
+#: ARCH_X, relevance lost / summed |components|, paper and canonical alike: mobilenet_v2 3e-9 and
+#: 1.2e-5, mobilenet_v3_small 8e-4 and 9e-4, efficientnet_b0 5e-3 and 6e-3; with
+#: ZPlus(conservative=True) and PoolZ(conservative=True) round-off (< 1e-8). ConvNeXt's LayerNorm/GELU
+#: lose round-off only here; its input/component *ratios* still sit off 1 (0.996, 1.067) because the
+#: signed components nearly cancel, which is why the measure is relative to the summed |components|.
+LEAKING = ["mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0"]
+CONSERVATIVE = paper().with_rules(conv=ZPlus(conservative=True), linear=ZPlus(conservative=True),
+                                  avgpool=PoolZ(conservative=True), maxpool=PoolZ(conservative=True))
 
 
 def _arch(name, request):
@@ -574,33 +578,35 @@ def _arch(name, request):
 ARCH_X = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(11))
 
 
-def _fgcam_ratios(model):
-    """Per preset: input relevance sum / component sum, per image."""
+def _fgcam_leaks(model, presets=("paper", "canonical")):
+    """Per preset: (input relevance sum - component sum) / summed |components|, per image."""
     out = {}
-    for rules in ("paper", "canonical"):
+    for rules in presets:
         fg = FGCAM(model, rules=rules)
         e = fg.explain(ARCH_X, layer=["input", fg.component_layer])
-        out[rules] = e.components["input"].sum((1, 2, 3)) / e.components[fg.component_layer].sum((1, 2, 3))
+        top = e.components[fg.component_layer].double()
+        lost = e.components["input"].double().sum((1, 2, 3)) - top.sum((1, 2, 3))
+        out[rules if isinstance(rules, str) else rules.name] = lost / top.abs().sum((1, 2, 3))
     return out, fg
 
 
 @pytest.mark.parametrize("name", CONSERVING)
 def test_real_architecture_conserves(name, request):
     model = _arch(name, request)
-    ratios, _ = _fgcam_ratios(model)
-    for rules, r in ratios.items():
-        assert torch.allclose(r, torch.ones_like(r), rtol=0, atol=1e-4), (name, rules, r.tolist())
+    leaks, _ = _fgcam_leaks(model)
+    for rules, r in leaks.items():
+        assert float(r.abs().max()) < 1e-6, (name, rules, r.tolist())
 
 
 @pytest.mark.parametrize("name", LEAKING)
 def test_real_architecture_leaks_where_stated(name, request):
     model = _arch(name, request)
-    ratios, fg = _fgcam_ratios(model)
-    for rules, r in ratios.items():
-        assert float((r - 1).abs().max()) > 1e-5, (name, rules, r.tolist())  # a leak: round-off is ~1e-7
+    leaks, fg = _fgcam_leaks(model)
+    for rules, r in leaks.items():
+        assert float(r.abs().max()) > 1e-6, (name, rules, r.tolist())  # a leak: round-off is ~1e-8
     # where: an LRP walk with one sign of relevance throughout; below the component layer the only
     # nodes that lose relevance are z+ Conv2d/Linear nodes, and they lose (ratio < 1), never create
-    worst = int((ratios["paper"] - 1).abs().argmax())
+    worst = int(leaks["paper"].abs().argmax())
     table = coverage(model, "paper", x=ARCH_X[worst : worst + 1])
     graph = fg.graph
     below = [graph.reaches(p, fg.component_position) for p in range(len(graph.nodes))]
@@ -610,6 +616,9 @@ def test_real_architecture_leaks_where_stated(name, request):
     assert set(bad.op) <= {"Conv2d", "Linear"}, bad[["op", "rule"]]
     assert all(r.startswith("ZPlus") for r in bad.rule)
     assert bool((bad.ratio < 1).all()), bad.ratio
+    # the conservative variants close the leak
+    fixed, _ = _fgcam_leaks(model, [CONSERVATIVE])
+    assert float(fixed[CONSERVATIVE.name].abs().max()) < 1e-6
 
 
 # ----------------------------------------------------------------------------------
