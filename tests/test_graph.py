@@ -554,7 +554,7 @@ def bias_free(model: nn.Module, seed: int = 0) -> nn.Module:
     return model.eval()
 
 
-CONSERVING = ["vgg11", "vgg16_bn", "alexnet", "resnet18", "resnet50", "resnext50_32x4d", "wide_resnet50_2",
+CONSERVING = ["vgg11", "vgg13", "vgg16_bn", "vgg19_bn", "alexnet", "resnet18", "resnet50", "resnext50_32x4d", "wide_resnet50_2",
               "densenet121", "convnext_tiny"]
 #: z+ drops relevance that reaches a neuron with no positive contribution, which signed activations
 #: feeding a conv (Hardswish, SiLU, a linear bottleneck) make happen: stated exceptions. Measured on
