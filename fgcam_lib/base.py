@@ -11,7 +11,7 @@ components, ReLU applied unless ``signed=True``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence, Union
+from typing import Sequence, Union
 
 import torch
 from torch import nn

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .base import Explainer, Target, resolve_target
+from .base import Explainer, resolve_target
 from .engine.rules import safe_div
 from .engine.walk import forward
 

@@ -4,7 +4,8 @@
     >>> graph_of(model).name(graph_of(model).default_component_layer())
     'layer4'
 """
-from .graph import INPUT, Graph, Node, chain_graph, fx_graph, graph_of, is_vgg_style, kind_of
+from .graph import INPUT, Graph, Node, chain_graph, fx_graph, graph_of
+from .ops import is_vgg_style, kind_of
 from .presets import IMAGENET_MEAN, IMAGENET_STD, KINDS, Preset, bind, canonical, get_preset, paper
 from .rules import (AlphaBeta, Epsilon, Flat, Gate, Pass, PoolZ, Route, Rule, Split, Sum, WSquare, ZBeta, ZPlus,
                     channel_bounds, image_bounds)

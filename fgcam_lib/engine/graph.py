@@ -37,172 +37,13 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["INPUT", "Node", "Graph", "graph_of", "fx_graph", "chain_graph", "kind_of", "is_vgg_style"]
+from .ops import (CallOp, ConstOp, ModuleOp, Slot, function_kind, is_vgg_style, kind_of, method_call, method_kind,
+                  module_call)
+
+__all__ = ["INPUT", "Node", "Graph", "graph_of", "fx_graph", "chain_graph"]
 
 INPUT = -1
 Tensor = torch.Tensor
-
-
-# ----------------------------------------------------------------------------------
-# Op kinds: what a preset maps to a rule
-# ----------------------------------------------------------------------------------
-_MODULE_KINDS: list[tuple[str, tuple[type, ...]]] = [
-    ("conv", (nn.Conv2d,)),
-    ("linear", (nn.Linear,)),
-    ("maxpool", (nn.MaxPool2d, nn.AdaptiveMaxPool2d)),
-    ("avgpool", (nn.AvgPool2d, nn.AdaptiveAvgPool2d)),
-    ("bn", (nn.BatchNorm2d,)),
-    ("relu", (nn.ReLU,)),
-    ("act", (nn.ReLU6, nn.Hardswish, nn.Hardsigmoid, nn.SiLU, nn.GELU, nn.LeakyReLU, nn.ELU, nn.Hardtanh,
-             nn.Mish, nn.Sigmoid, nn.Tanh, nn.PReLU)),
-    ("norm", (nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)),
-    ("reshape", (nn.Flatten, nn.Unflatten)),
-    ("other", (nn.Dropout, nn.Dropout2d, nn.AlphaDropout, nn.Identity)),
-]
-
-_ACTIVATION_FUNCTIONS = {F.relu6, F.hardswish, F.hardsigmoid, F.silu, F.gelu, F.leaky_relu, F.elu, F.hardtanh,
-                         F.mish, torch.sigmoid, torch.tanh, F.sigmoid, F.tanh}
-
-
-def _function_kinds() -> dict[Any, str]:
-    kinds: dict[Any, str] = {}
-    for fn in (operator.add, operator.iadd, torch.add):
-        kinds[fn] = "add"
-    for fn in (operator.mul, operator.imul, torch.mul, operator.truediv, operator.itruediv, torch.div):
-        kinds[fn] = "mul"
-    for fn in (F.relu, torch.relu):
-        kinds[fn] = "relu"
-    for fn in _ACTIVATION_FUNCTIONS:
-        kinds[fn] = "act"
-    for fn in (F.adaptive_avg_pool2d, F.avg_pool2d, torch.mean):
-        kinds[fn] = "avgpool"
-    for fn in (F.max_pool2d, F.adaptive_max_pool2d):
-        kinds[fn] = "maxpool"
-    for fn in (torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze, torch.permute, torch.transpose,
-               operator.getitem):
-        kinds[fn] = "reshape"
-    kinds[torch.cat] = "cat"
-    kinds[torch.concat] = "cat"
-    for fn in (torch.chunk, torch.split, torch.unbind):
-        kinds[fn] = "split"
-    for fn in (F.layer_norm, F.group_norm):
-        kinds[fn] = "norm"
-    for fn in (F.dropout, F.dropout2d):
-        kinds[fn] = "other"
-    try:
-        from torchvision.ops import stochastic_depth
-
-        kinds[stochastic_depth] = "other"
-    except ImportError:  # pragma: no cover
-        pass
-    return kinds
-
-
-_FUNCTION_KINDS = _function_kinds()
-_METHOD_KINDS = {
-    "add": "add", "mul": "mul", "div": "mul", "relu": "relu", "sigmoid": "act", "tanh": "act",
-    "mean": "avgpool", "flatten": "reshape", "view": "reshape", "reshape": "reshape", "squeeze": "reshape",
-    "unsqueeze": "reshape", "permute": "reshape", "transpose": "reshape", "contiguous": "reshape",
-    "chunk": "split", "split": "split", "unbind": "split",
-}
-#: kinds the walk treats as plain index/reshape ops of one tensor
-RESHAPE_KINDS = ("reshape",)
-
-
-def kind_of(module: nn.Module) -> str | None:
-    """The op kind of a module (``"conv"``, ``"bn"``, ...), or None when no preset knows it."""
-    for kind, types in _MODULE_KINDS:
-        if isinstance(module, types):
-            return kind
-    return None
-
-
-def is_vgg_style(model: nn.Module) -> bool:
-    """A flat ``features`` Sequential of leaf modules plus a ``classifier``: the paper's indices apply."""
-    feats = getattr(model, "features", None)
-    return (isinstance(feats, nn.Sequential) and hasattr(model, "classifier")
-            and all(not list(c.children()) for c in feats))
-
-
-# ----------------------------------------------------------------------------------
-# Ops: how a node computes its output, always out of place
-# ----------------------------------------------------------------------------------
-_OUT_OF_PLACE: dict[type, Callable[[nn.Module, Tensor], Tensor]] = {
-    nn.ReLU: lambda m, x: torch.relu(x),
-    nn.ReLU6: lambda m, x: F.relu6(x),
-    nn.Hardswish: lambda m, x: F.hardswish(x),
-    nn.Hardsigmoid: lambda m, x: F.hardsigmoid(x),
-    nn.SiLU: lambda m, x: F.silu(x),
-    nn.LeakyReLU: lambda m, x: F.leaky_relu(x, m.negative_slope),
-    nn.ELU: lambda m, x: F.elu(x, m.alpha),
-    nn.Hardtanh: lambda m, x: F.hardtanh(x, m.min_val, m.max_val),
-    nn.Mish: lambda m, x: F.mish(x),
-}
-
-
-class ModuleOp:
-    """Calls a module; activations that were built ``inplace=True`` run out of place."""
-
-    def __init__(self, module: nn.Module):
-        self.module = module
-        self._fn = _OUT_OF_PLACE.get(type(module)) if getattr(module, "inplace", False) else None
-
-    def __call__(self, *xs: Any) -> Any:
-        if self._fn is not None:
-            return self._fn(self.module, xs[0])
-        if getattr(self.module, "inplace", False):  # other in-place modules: keep the input intact
-            return self.module(xs[0].clone(), *xs[1:])
-        return self.module(*xs)
-
-
-class _Slot:
-    """Stands for the value of input ``i`` inside a call's arguments."""
-
-    __slots__ = ("i",)
-
-    def __init__(self, i: int):
-        self.i = i
-
-
-def _fill(a: Any, vals: tuple) -> Any:
-    if isinstance(a, _Slot):
-        return vals[a.i]
-    if isinstance(a, (list, tuple)):
-        return type(a)(_fill(v, vals) for v in a)
-    if isinstance(a, dict):
-        return {k: _fill(v, vals) for k, v in a.items()}
-    if isinstance(a, slice):
-        return slice(_fill(a.start, vals), _fill(a.stop, vals), _fill(a.step, vals))
-    return a
-
-
-class CallOp:
-    """A function or method call whose tensor arguments are the node's inputs."""
-
-    def __init__(self, fn: Callable, args: tuple, kwargs: dict, label: str):
-        self.fn, self.args, self.kwargs, self.label = fn, args, kwargs, label
-
-    def __call__(self, *vals: Any) -> Any:
-        return self.fn(*_fill(self.args, vals), **_fill(self.kwargs, vals))
-
-    def arg(self, position: int, name: str, default: Any = None) -> Any:
-        """A literal argument, by position (after the tensor) or keyword."""
-        if name in self.kwargs:
-            return self.kwargs[name]
-        return self.args[position] if position < len(self.args) else default
-
-    def __repr__(self) -> str:
-        return self.label
-
-
-class ConstOp:
-    """A parameter or buffer read as a tensor (``get_attr``), fetched at each call."""
-
-    def __init__(self, owner: nn.Module, attr: str):
-        self.owner, self.attr = weakref.ref(owner), attr  # weak: the cached graph must not keep the model alive
-
-    def __call__(self) -> Tensor:
-        return getattr(self.owner(), self.attr)
 
 
 # ----------------------------------------------------------------------------------
@@ -527,9 +368,9 @@ def fx_graph(model: nn.Module) -> Graph:
             continue
         inputs: list[int] = []
 
-        def slot(a: fx.Node) -> _Slot:
+        def slot(a: fx.Node) -> Slot:
             inputs.append(ids[a])
-            return _Slot(len(inputs) - 1)
+            return Slot(len(inputs) - 1)
 
         args = fx.node.map_arg(fn.args, slot)
         kwargs = dict(fx.node.map_arg(fn.kwargs, slot))
@@ -540,7 +381,7 @@ def fx_graph(model: nn.Module) -> Graph:
             op: Callable = ModuleOp(module)
             kind = kind_of(module)
             target = type(module).__name__
-            op = _module_call(op, args, kwargs)
+            op = module_call(op, args, kwargs)
         elif fn.op == "get_attr":
             owner_path, _, attr = fn.target.rpartition(".")
             name = unique(fn.target)
@@ -555,15 +396,15 @@ def fx_graph(model: nn.Module) -> Graph:
                              operator.itruediv: operator.truediv}[target_fn]
             if kwargs.get("inplace"):
                 kwargs["inplace"] = False
-            kind = _FUNCTION_KINDS.get(fn.target)
+            kind = function_kind(fn.target)
             op = CallOp(target_fn, args, kwargs, base)
             target = base
         elif fn.op == "call_method":
             method = fn.target[:-1] if fn.target.endswith("_") and not fn.target.endswith("__") else fn.target
             scope = _scope(fn)
             name = unique(f"{scope}.{method}" if scope else method)
-            kind = _METHOD_KINDS.get(method)
-            op = CallOp(_method(method), args, kwargs, method)
+            kind = method_kind(method)
+            op = CallOp(method_call(method), args, kwargs, method)
             target = method
         else:  # pragma: no cover
             raise TypeError(f"unexpected fx node op {fn.op!r}")
@@ -602,20 +443,6 @@ def _ancestors_of(nodes: list[Node], i: int) -> set[int]:
         stack.extend(nodes[j].inputs)
     seen.discard(i)
     return seen
-
-
-def _module_call(op: ModuleOp, args: tuple, kwargs: dict) -> Callable:
-    if not kwargs and all(isinstance(a, _Slot) and a.i == k for k, a in enumerate(args)):
-        return op
-    return CallOp(op, args, kwargs, type(op.module).__name__)
-
-
-def _method(name: str) -> Callable:
-    def call(obj: Any, *args: Any, **kwargs: Any) -> Any:
-        return getattr(obj, name)(*args, **kwargs)
-
-    call.__name__ = name
-    return call
 
 
 def _sequence(model: nn.Module) -> list[str]:

@@ -17,7 +17,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from .graph import INPUT, Graph, Node
+from .graph import INPUT, Graph
 from .rules import Folded, Gate, Missing, Pass, PoolZ, Route, Rule, Split, Sum, ZBeta, ZPlus, channel_bounds, image_bounds
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
