@@ -21,7 +21,7 @@ test-lib: venv
 	MPLBACKEND=agg $(PY) -m pytest -q tests
 
 demo: venv
-	MPLBACKEND=agg $(PY) -m fgcam_lib.demo
+	MPLBACKEND=agg $(PY) -m fgcam_lib.ui.demo
 
 bench: venv
 	$(PY) benchmarks/bench_explain.py

@@ -19,7 +19,7 @@ import torch
 import torchvision
 
 from fgcam_lib import FGCAM, GradCAM
-from fgcam_lib.cam import score_cam_weights
+from fgcam_lib.methods.cam import score_cam_weights
 from fgcam_lib.engine.walk import forward
 
 PAPER_LAYERS = [-1, 13, 23, 33]

@@ -4,9 +4,9 @@
     >>> explainer = FGCAM(model, base="grad_cam", rules="paper", denoise=0.1)
     >>> maps = explainer(x, layer="input")          # Tensor[B, H, W]
 """
-from .base import Explainer, Explanation
-from .cam import GradCAM, GradCAMpp, LayerCAM, ScoreCAM, XGradCAM
-from .fgcam import CLRP, FGCAM, LRP, SGLRP, denoise
+from .methods.base import Explainer, Explanation
+from .methods.cam import GradCAM, GradCAMpp, LayerCAM, ScoreCAM, XGradCAM
+from .methods.fgcam import CLRP, FGCAM, LRP, SGLRP, denoise
 from .engine.presets import Preset, canonical, paper
 from .engine.rules import AlphaBeta, Epsilon, Flat, Gate, Pass, PoolZ, Route, Split, Sum, WSquare, ZBeta, ZPlus
 
@@ -22,8 +22,8 @@ def coverage(model, rules="paper", x=None, size: int = 224):
 
 
 def load_model(name: str, weights=None, device="cpu", pretrained: bool = True):
-    """Load ``"bundled"`` or a torchvision CNN: ``(model, preprocess)``; see :func:`fgcam_lib.models.load_model`."""
-    from .models import load_model as _load  # lazily: torchvision is only needed here
+    """Load ``"bundled"`` or a torchvision CNN: ``(model, preprocess)``; see :func:`fgcam_lib.data.models.load_model`."""
+    from .data.models import load_model as _load  # lazily: torchvision is only needed here
 
     return _load(name, weights=weights, device=device, pretrained=pretrained)
 

@@ -8,7 +8,7 @@ import sys
 
 import pandas as pd
 
-from fgcam_lib.evaluate import format_table, read_results, summarize
+from fgcam_lib.evaluation.runner import format_table, read_results, summarize
 
 
 def markdown(df: pd.DataFrame) -> str:

@@ -13,15 +13,15 @@ from torch import nn
 
 from conftest import TinyVGG, randomize_bn
 from fgcam_lib import FGCAM, Epsilon, GradCAM, LayerCAM, ScoreCAM, canonical, denoise
-from fgcam_lib import metrics as M
-from fgcam_lib.ablation import (
+from fgcam_lib.evaluation import metrics as M
+from fgcam_lib.evaluation.ablation import (
     METRICS, MapSet, SceneBatch, bootstrap_ci, denoise_to_rank, explainer_maps, fgcam_maps, inference_copy,
     layer_key, load_scenes, max_rank, paired_difference, rank_fraction, rank_grid, relevance_sums, score_maps,
     spread, summarize, sweep,
 )
-from fgcam_lib.fgcam import denoise_rank
-from fgcam_lib.models import Preprocess
-from fgcam_lib.scenes import SyntheticScenes
+from fgcam_lib.methods.fgcam import denoise_rank
+from fgcam_lib.data.models import Preprocess
+from fgcam_lib.data.scenes import SyntheticScenes
 
 SIZE = 32
 
@@ -240,7 +240,7 @@ def test_format_summary_forest_plot_and_example_grid(tmp_path):
     import matplotlib
 
     matplotlib.use("agg")
-    from fgcam_lib.ablation import example_grid, forest_plot, format_summary
+    from fgcam_lib.evaluation.ablation import example_grid, forest_plot, format_summary
 
     df = pd.concat([_rows({("a", "13"): [1.0, 2.0, 3.0], ("b", "13"): [2.0, 2.0, 2.0]}, "overall"),
                     _rows({("a", "13"): [10.0, 20.0, 30.0], ("b", "13"): [5.0, 5.0, 5.0]}, "average_drop")])

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from fgcam_lib import FGCAM, denoise
-from fgcam_lib.components import TopComponents, channel_pieces, denoise_split, relu_budget
+from fgcam_lib.methods.components import TopComponents, channel_pieces, denoise_split, relu_budget
 
 LAYERS = [33, 13, "input"]
 

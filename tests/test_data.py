@@ -432,7 +432,7 @@ def test_collate_in_dataloader() -> None:
 
 
 def test_synthetic_scenes_reexport() -> None:
-    scenes = pytest.importorskip("fgcam_lib.scenes")
+    scenes = pytest.importorskip("fgcam_lib.data.scenes")
     from fgcam_lib.data import SyntheticScenes
 
     assert SyntheticScenes is scenes.SyntheticScenes

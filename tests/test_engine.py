@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fgcam_lib import CLRP, FGCAM, LRP, SGLRP, GradCAM, GradCAMpp, LayerCAM, PoolZ, ScoreCAM, XGradCAM, denoise, paper
-from fgcam_lib.fgcam import denoise_rank
+from fgcam_lib.methods.fgcam import denoise_rank
 from fgcam_lib.engine.rules import AlphaBeta, Epsilon, Flat, ZBeta, ZPlus, channel_bounds, image_bounds
 
 from conftest import TinyVGG, randomize_bn

@@ -10,16 +10,16 @@ import pandas as pd
 import pytest
 import torch
 
-from fgcam_lib import metrics as M
-from fgcam_lib.evaluate import (
+from fgcam_lib.evaluation import metrics as M
+from fgcam_lib.evaluation.runner import (
     COLUMNS, METRIC_GROUPS, CleanLogitsCache, format_table, main, read_results, run_evaluation, summarize,
     throughput_table,
 )
 from fgcam_lib.methods import (
     METHODS, PAPER_CAM_METHODS, PAPER_INPUT_METHODS, is_signed, label, make_explainer, method_layers, supports,
 )
-from fgcam_lib.models import BundledVGG, Preprocess, scaled_cfg
-from fgcam_lib.scenes import SyntheticScenes
+from fgcam_lib.data.models import BundledVGG, Preprocess, scaled_cfg
+from fgcam_lib.data.scenes import SyntheticScenes
 
 SIZE = 64
 FAST = {"insdel": {"step": 256}}  # 16 steps at 64 x 64

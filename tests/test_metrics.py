@@ -1,4 +1,4 @@
-"""Tests for fgcam_lib.metrics: known answers on hand-built models, batching, ties,
+"""Tests for fgcam_lib.evaluation.metrics: known answers on hand-built models, batching, ties,
 edge cases and peer references (scipy, skimage, torchvision, pytorch-grad-cam)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fgcam_lib import metrics as M
+from fgcam_lib.evaluation import metrics as M
 
 # ----------------------------------------------------------------------------------
 # fixtures: a model whose class-0 logit is a known linear function of the pixels
@@ -76,7 +76,7 @@ def small_cnn(seed: int = 0) -> nn.Module:
 
 
 def test_import_is_light():
-    code = ("import sys, fgcam_lib.metrics; "
+    code = ("import sys, fgcam_lib.evaluation.metrics; "
             "bad = [m for m in ('matplotlib', 'pandas', 'skimage') if m in sys.modules]; "
             "print(bad); sys.exit(1 if bad else 0)")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -9,10 +9,10 @@ import torch
 import torch.nn as nn
 import torchvision
 
-from fgcam_lib import models
-from fgcam_lib.models import (BUNDLED_CHECKPOINT, BundledVGG, Preprocess, WeightsNotFoundError, load_model,
+from fgcam_lib.data import models
+from fgcam_lib.data.models import (BUNDLED_CHECKPOINT, BundledVGG, Preprocess, WeightsNotFoundError, load_model,
                               model_card, scaled_cfg)
-from fgcam_lib.scenes import CLASSES, SyntheticScenes
+from fgcam_lib.data.scenes import CLASSES, SyntheticScenes
 
 
 def test_bundled_layout_matches_torchvision_vgg16_bn() -> None:
@@ -107,7 +107,7 @@ def test_preprocess_inputs(tmp_path: Path) -> None:
 
 
 def test_training_script_tiny_epoch(tmp_path: Path) -> None:
-    from fgcam_lib.train import main
+    from fgcam_lib.data.train import main
 
     out = tmp_path / "tiny.pt"
     main(["--tiny", "--out", str(out), "--threads", "1"])
@@ -121,7 +121,7 @@ def test_training_script_tiny_epoch(tmp_path: Path) -> None:
 
 
 def test_pairs_metric() -> None:
-    from fgcam_lib.train import pairs_top2, soft_targets
+    from fgcam_lib.data.train import pairs_top2, soft_targets
 
     logits = torch.tensor([[5.0, 4.0, 0.0], [5.0, 0.0, 4.0]])
     classes = torch.tensor([[1, 0], [0, 1]])
@@ -130,7 +130,7 @@ def test_pairs_metric() -> None:
 
 
 @pytest.mark.skipif(not BUNDLED_CHECKPOINT.is_file(),
-                    reason=f"bundled checkpoint {BUNDLED_CHECKPOINT} not trained yet (python -m fgcam_lib.train)")
+                    reason=f"bundled checkpoint {BUNDLED_CHECKPOINT} not trained yet (python -m fgcam_lib.data.train)")
 def test_bundled_checkpoint_reproduces_card_accuracy() -> None:
     model, pre = load_model("bundled")
     card = model_card(model)

@@ -1,4 +1,4 @@
-"""The paper's published numbers (fgcam_lib.published) and the helpers that compare ours with them."""
+"""The paper's published numbers (fgcam_lib.evaluation.published) and the helpers that compare ours with them."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,8 +6,9 @@ import pandas as pd
 import pytest
 import torch
 
-import fgcam_lib.published as P
-from fgcam_lib.evaluate import COLUMNS, ResultStore
+import fgcam_lib.evaluation.published as P
+from fgcam_lib.evaluation.store import model_fingerprint, results_path, stored_prefix
+from fgcam_lib.evaluation.store import COLUMNS, ResultStore
 from fgcam_lib.methods import PAPER_CAM_METHODS, PAPER_INPUT_METHODS
 
 
@@ -133,33 +134,33 @@ def test_model_fingerprint_tracks_the_weights(tiny_vgg):
     import copy
 
     other = copy.deepcopy(tiny_vgg)
-    assert P.model_fingerprint(tiny_vgg) == P.model_fingerprint(other)
+    assert model_fingerprint(tiny_vgg) == model_fingerprint(other)
     with torch.no_grad():
         other.classifier[1].weight[0, 0] += 1e-3
-    assert P.model_fingerprint(tiny_vgg) != P.model_fingerprint(other)
-    path = P.results_path("benchmark:test", tiny_vgg, root="res")
+    assert model_fingerprint(tiny_vgg) != model_fingerprint(other)
+    path = results_path("benchmark:test", tiny_vgg, root="res")
     assert path.parent.name == "res" and path.name.startswith("bench_benchmark_test_") and path.suffix == ".parquet"
 
 
 def test_stored_prefix_counts_complete_leading_images(tmp_path):
     out = tmp_path / "bench.parquet"
-    assert P.stored_prefix(out, "d", ["grad_cam"], ["13"], ["overall"]) == 0
+    assert stored_prefix(out, "d", ["grad_cam"], ["13"], ["overall"]) == 0
     full = {("grad_cam", "13", "overall"): [0.1] * 5, ("lrp", "input", "overall"): [0.2] * 5}
     rows = _rows(full, "d")
     rows = rows[~((rows["method"] == "lrp") & (rows["index"] == 3))]  # image 3 lacks LRP
     ResultStore(out).append(rows)
-    assert P.stored_prefix(out, "d", ["grad_cam"], ["13"], ["overall"]) == 5
-    assert P.stored_prefix(out, "d", ["lrp"], ["input"], ["overall"]) == 3
+    assert stored_prefix(out, "d", ["grad_cam"], ["13"], ["overall"]) == 5
+    assert stored_prefix(out, "d", ["lrp"], ["input"], ["overall"]) == 3
     # methods x layers, as run_evaluation computes them: LRP at layer 13 is wanted too, and absent
-    assert P.stored_prefix(out, "d", ["grad_cam", "lrp"], ["13", "input"], ["overall"]) == 0
+    assert stored_prefix(out, "d", ["grad_cam", "lrp"], ["13", "input"], ["overall"]) == 0
     # a CAM at the input is not required; an absent metric is
-    assert P.stored_prefix(out, "d", ["grad_cam"], ["13", "input"], ["overall"]) == 5
-    assert P.stored_prefix(out, "d", ["grad_cam"], ["13"], ["overall", "insertion"]) == 0
-    assert P.stored_prefix(out, "other", ["grad_cam"], ["13"], ["overall"]) == 0
+    assert stored_prefix(out, "d", ["grad_cam"], ["13", "input"], ["overall"]) == 5
+    assert stored_prefix(out, "d", ["grad_cam"], ["13"], ["overall", "insertion"]) == 0
+    assert stored_prefix(out, "other", ["grad_cam"], ["13"], ["overall"]) == 0
 
 
 def test_tables_cover_the_registry_order():
-    from fgcam_lib.evaluate import TABLES
+    from fgcam_lib.evaluation.runner import TABLES
 
     assert P.TABLES[1][0] == PAPER_CAM_METHODS and P.TABLES[4][0] == PAPER_INPUT_METHODS
     assert P.TABLES == TABLES  # the same layouts as evaluate.summarize(table=k)

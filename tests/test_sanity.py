@@ -1,4 +1,4 @@
-"""Sanity checks (fgcam_lib.sanity): randomisation groups and runs, class sensitivity, weight ablation."""
+"""Sanity checks (fgcam_lib.evaluation.sanity): randomisation groups and runs, class sensitivity, weight ablation."""
 from __future__ import annotations
 
 import copy
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fgcam_lib import FGCAM
-from fgcam_lib import sanity as S
+from fgcam_lib.evaluation import sanity as S
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -58,7 +58,7 @@ def test_cascading_signed_option(tiny_vgg, images):
 
 def test_randomized_copy_is_the_network_cascading_explains(tiny_vgg, images):
     from fgcam_lib.methods import make_explainer
-    from fgcam_lib.metrics import similarity
+    from fgcam_lib.evaluation.metrics import similarity
 
     groups = S.randomization_groups(tiny_vgg)[:3]
     df = S.cascading(tiny_vgg, None, images, None, [("fg_grad_cam", 13)], groups, seed=5)

@@ -1,11 +1,11 @@
-"""Tests of the synthetic benchmark scenes (fgcam_lib.scenes)."""
+"""Tests of the synthetic benchmark scenes (fgcam_lib.data.scenes)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
-from fgcam_lib.scenes import CLASSES, SPLITS, SyntheticScenes, masks_to_boxes
+from fgcam_lib.data.scenes import CLASSES, SPLITS, SyntheticScenes, masks_to_boxes
 
 SIZE = 96
 

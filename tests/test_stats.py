@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from fgcam_lib.stats import bootstrap_ci, mean_ci
+from fgcam_lib.evaluation.stats import bootstrap_ci, mean_ci
 
 
 def test_interval_covers_the_mean_and_narrows_with_n():

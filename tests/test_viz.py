@@ -1,4 +1,4 @@
-"""Tests for fgcam_lib.viz: normalisation, colours, overlays, figure grids, saving."""
+"""Tests for fgcam_lib.ui.viz: normalisation, colours, overlays, figure grids, saving."""
 from __future__ import annotations
 
 import subprocess
@@ -14,7 +14,7 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from fgcam_lib import viz  # noqa: E402
+from fgcam_lib.ui import viz  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

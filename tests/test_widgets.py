@@ -14,9 +14,9 @@ import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from fgcam_lib import FGCAM, LRP, GradCAM  # noqa: E402
-from fgcam_lib.models import BundledVGG, Preprocess  # noqa: E402
-from fgcam_lib.scenes import CLASSES, SyntheticScenes  # noqa: E402
-from fgcam_lib.widgets import Explorer, ExplorerFigure, fraction_choices, parse_method, pool_layers  # noqa: E402
+from fgcam_lib.data.models import BundledVGG, Preprocess  # noqa: E402
+from fgcam_lib.data.scenes import CLASSES, SyntheticScenes  # noqa: E402
+from fgcam_lib.ui.widgets import Explorer, ExplorerFigure, fraction_choices, parse_method, pool_layers  # noqa: E402
 
 SIZE = 64  # the bundled layout at 64 px: a 2 x 2 map at layer 43
 

@@ -2,7 +2,7 @@
 
 Every image leaves this module as a float32 tensor in [0, 1], channels first
 (``3 x H x W``, or ``B x 3 x H x W`` for a batch), *not* normalised: models apply
-their own mean/std (see ``fgcam_lib.models``).
+their own mean/std (see ``fgcam_lib.data.models``).
 
 Public API
 ----------
@@ -13,7 +13,7 @@ Public API
   Kaggle ``LOC_val_solution.csv``) + synset mapping; ``from_env()`` reads env vars.
 - :class:`ImageFolderDataset`: any folder of images, no labels.
 - :func:`collate`: a ``DataLoader`` collate function for all of the above and for
-  ``SyntheticScenes`` (re-exported lazily from :mod:`fgcam_lib.scenes`).
+  ``SyntheticScenes`` (:mod:`fgcam_lib.data.scenes`).
 
 Example::
 
@@ -33,7 +33,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import Any, Union
 
 import numpy as np
 import torch
@@ -42,9 +42,6 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import Dataset
 
-if TYPE_CHECKING:  # pragma: no cover - typing only
-    from fgcam_lib.scenes import SyntheticScenes
-
 __all__ = [
     "IMAGENET_ENV_VARS",
     "SAMPLE_PHOTOS",
@@ -52,7 +49,6 @@ __all__ = [
     "ImageFolderDataset",
     "ImageNetVal",
     "SamplePhoto",
-    "SyntheticScenes",
     "collate",
     "image_extensions",
     "load_image",
@@ -64,25 +60,6 @@ __all__ = [
 PathLike = Union[str, os.PathLike]
 ImageSource = Union[PathLike, Image.Image]
 Size = Union[int, tuple[int, int], None]
-
-
-# --------------------------------------------------------------------------- lazy re-export
-
-
-def __getattr__(name: str) -> Any:
-    """Lazily re-export ``SyntheticScenes`` from :mod:`fgcam_lib.scenes`.
-
-    Keeps ``import fgcam_lib.data`` independent of the scenes module.
-    """
-    if name == "SyntheticScenes":
-        from fgcam_lib.scenes import SyntheticScenes
-
-        return SyntheticScenes
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | {"SyntheticScenes"})
 
 
 # --------------------------------------------------------------------------- single images

@@ -635,7 +635,7 @@ def singular_values_plot(
         >>> I, *_ = fg.components_at_top(x)
         >>> singular_values_plot(plt.gca(), I, fraction=0.1)
     """
-    from .fgcam import denoise_rank
+    from ..methods.fgcam import denoise_rank
 
     comps = _components_2d(components, index).double()
     C = comps.shape[0]

@@ -1,6 +1,6 @@
 """The main job: explain a handful of benchmark scenes offline and write comparison figures.
 
-    python -m fgcam_lib.demo [--n-single 3] [--n-pairs 2] [--out figures]
+    python -m fgcam_lib.ui.demo [--n-single 3] [--n-pairs 2] [--out figures]
 
 Grad-CAM, Layer-CAM and FG-Grad-CAM (with and without denoising) at layers 33, 23, 13 and
 the input on the bundled model; for two-object scenes, FG-Grad-CAM for each object's class.
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from . import FGCAM, GradCAM, LayerCAM
-from .models import WeightsNotFoundError, load_model
+from .. import FGCAM, GradCAM, LayerCAM
+from ..data.models import WeightsNotFoundError, load_model
 
 LAYERS = [33, 23, 13, "input"]
 
@@ -50,7 +50,7 @@ def describe(logits: torch.Tensor, classes: list[str], truth: list[str]) -> list
 
 def run(n_single: int = 3, n_pairs: int = 2, out: str | Path = "figures", seed: int = 0) -> list[Path]:
     from . import viz
-    from .scenes import SyntheticScenes
+    from ..data.scenes import SyntheticScenes
 
     torch.manual_seed(seed)
     out = Path(out)
@@ -100,7 +100,7 @@ def run(n_single: int = 3, n_pairs: int = 2, out: str | Path = "figures", seed: 
     except WeightsNotFoundError as err:
         print(f"(skipping the real-photo part: {err})")
     else:
-        from .data import sample_photos
+        from ..data.images import sample_photos
 
         photos, names, _ = sample_photos(size=224)
         vx = vpre(photos)

@@ -5,11 +5,11 @@ CAM-based Methods with Capability to Generate Fine-Grained and High-Faithfulness
 Explanations"), VGG16-BN on ILSVRC2012 val; the table each one comes from is named
 where it is defined. Keys follow the rest of the library: method names of
 :mod:`fgcam_lib.methods`, layers ``"33"``, ``"23"``, ``"13"``, ``"input"``, metric
-rows of :mod:`fgcam_lib.evaluate` (``average_drop`` ... ``proportion``). A.D. and A.I.
-are in percent, as the paper prints them and as :func:`fgcam_lib.evaluate.run_evaluation`
+rows of :mod:`fgcam_lib.evaluation.runner` (``average_drop`` ... ``proportion``). A.D. and A.I.
+are in percent, as the paper prints them and as :func:`fgcam_lib.evaluation.runner.run_evaluation`
 stores them.
 
-    >>> from fgcam_lib.published import published, compare_table, check_claims, CLAIMS
+    >>> from fgcam_lib.evaluation.published import published, compare_table, check_claims, CLAIMS
     >>> published(table=2).head()                  # tidy: table, method, layer, metric, value
     >>> compare_table(df, table=2)                  # paper vs ours (mean, CI, n) per cell
     >>> check_claims(df)                            # which of the paper's orderings hold here
@@ -18,25 +18,23 @@ pandas and scipy are imported inside the functions that need them.
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 
-from .evaluate import TABLES, _layer_key, _table_number
-from .methods import PAPER_CAM_METHODS, PAPER_INPUT_METHODS, label
+from .runner import TABLES, table_number
+from .store import layer_key
+from ..methods.registry import PAPER_CAM_METHODS, PAPER_INPUT_METHODS, label
 from .stats import bootstrap_ci
 
 if TYPE_CHECKING:
     import pandas as pd
-    from torch import nn
 
 __all__ = [
     "SOURCE", "PROTOCOL", "LOWER_IS_BETTER", "TABLE_SOURCES", "TABLES",
     "Claim", "CLAIMS", "published", "published_value", "published_wide", "compare_table", "format_comparison",
-    "check_claims", "pairwise_agreement", "model_fingerprint", "results_path", "stored_prefix",
+    "check_claims", "pairwise_agreement",
 ]
 
 SOURCE = ("Qiu, Jin, Zhang. Empowering CAM-based Methods with Capability to Generate Fine-Grained "
@@ -160,7 +158,7 @@ def published_value(method: str, layer: str | int, metric: str) -> float:
 
     Raises KeyError when the paper does not report that cell.
     """
-    key = (method, _layer_key(layer), metric)
+    key = (method, layer_key(layer), metric)
     if key not in _BY_KEY:
         raise KeyError(f"the paper reports no value for {key}")
     return _BY_KEY[key][1]
@@ -180,7 +178,7 @@ def published(table: int | str | None = None) -> "pd.DataFrame":
     df = pd.DataFrame(_RECORDS, columns=["table", "method", "layer", "metric", "value"])
     df.insert(2, "label", df["method"].map(label))
     if table is not None:
-        df = df[df["table"] == _table_number(table)].reset_index(drop=True)
+        df = df[df["table"] == table_number(table)].reset_index(drop=True)
     return df
 
 
@@ -191,7 +189,7 @@ def _cells(df: "pd.DataFrame") -> "pd.DataFrame":
     missing = need - set(df.columns)
     if missing:
         raise ValueError(f"evaluation rows lack columns {sorted(missing)} (use run_evaluation's output)")
-    return df.assign(layer=df["layer"].map(_layer_key))
+    return df.assign(layer=df["layer"].map(layer_key))
 
 
 def compare_table(
@@ -204,8 +202,8 @@ def compare_table(
 ) -> "pd.DataFrame":
     """The paper's numbers and ours, cell by cell, for one of Tables 1-6.
 
-    ``df``: tidy rows of :func:`fgcam_lib.evaluate.run_evaluation` (one data set); our
-    means and percentile-bootstrap CIs come from :func:`fgcam_lib.evaluate.summarize`.
+    ``df``: tidy rows of :func:`fgcam_lib.evaluation.runner.run_evaluation` (one data set); our
+    means and percentile-bootstrap CIs come from :func:`fgcam_lib.evaluation.runner.summarize`.
     Returns one row per cell of the paper's table, index ``(layer, metric, method)``,
     columns ``label``, ``paper``, ``ours`` (mean over images), ``ci_low``, ``ci_high``,
     ``n`` (images), ``better`` (``"lower"`` or ``"higher"``). Cells we did not evaluate
@@ -217,9 +215,9 @@ def compare_table(
     """
     import pandas as pd
 
-    from .evaluate import summarize
+    from .runner import summarize
 
-    number = _table_number(table)
+    number = table_number(table)
     methods, layers, metrics = TABLES[number]
     cells = _cells(df)
     if "data" in cells.columns and cells["data"].nunique() > 1:
@@ -249,7 +247,7 @@ def published_wide(table: int | str) -> "pd.DataFrame":
     Example:
         >>> published_wide(4)          # A.D. / A.I. of LRP ... FG-Score-CAM (denoising)
     """
-    from .evaluate import METRIC_LABELS
+    from .runner import METRIC_LABELS
 
     df = published(table)
     df = df.assign(layer=df["layer"].map(lambda l: "Input" if l == "input" else f"Layer{l}"),
@@ -269,7 +267,7 @@ def format_comparison(comparison: "pd.DataFrame", digits: int | None = None) -> 
     """
     import pandas as pd
 
-    from .evaluate import METRIC_LABELS
+    from .runner import METRIC_LABELS
 
     def cell(r: pd.Series) -> str:
         d = digits if digits is not None else (2 if r.name[1] in ("average_drop", "average_increase") else 4)
@@ -316,7 +314,7 @@ class Claim:
             m, l = ml
             return f"{label(m)}@{'input' if l == 'input' else 'Layer' + l}"
 
-        from .evaluate import METRIC_LABELS
+        from .runner import METRIC_LABELS
 
         sign = "<" if self.lower_is_better else ">"
         return f"{side(self.a)} {sign} {side(self.b)} on {METRIC_LABELS.get(self.metric, self.metric)}"
@@ -448,62 +446,3 @@ def pairwise_agreement(df: "pd.DataFrame", table: int | str) -> "pd.DataFrame":
         rows.append({"layer": layer, "metric": metric, "methods": len(g), "pairs": pairs, "agree": agree,
                      "share": agree / pairs if pairs else float("nan"), "kendall_tau": tau})
     return pd.DataFrame(rows).set_index(["layer", "metric"])
-
-
-# ------------------------------------------------------------------------ result files
-def model_fingerprint(model: "nn.Module", length: int = 10) -> str:
-    """Short SHA-256 of a model's state dict (names, shapes, dtypes and values).
-
-    Two models with the same parameters and buffers get the same fingerprint; any changed
-    weight changes it. Used to keep results of different checkpoints apart.
-    """
-    import torch
-
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:length]
-
-
-def results_path(split: str, model: "nn.Module", root: str | Path = "results", suffix: str = ".parquet") -> Path:
-    """Where a run's rows go: ``<root>/bench_<split>_<model fingerprint><suffix>``.
-
-    The fingerprint keeps the rows of different checkpoints apart, since a resumed run
-    reuses every stored row whose (image, method, layer, metric) matches.
-    """
-    safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in split)
-    return Path(root) / f"bench_{safe}_{model_fingerprint(model)}{suffix}"
-
-
-def stored_prefix(out: str | Path, data: str, methods: Sequence[str], layers: Sequence[str],
-                  metrics: Sequence[str]) -> int:
-    """How many leading images (indices 0, 1, ...) of ``data`` have every wanted row in ``out``.
-
-    A longer command-line run into the same ``out`` is then reused by asking
-    :func:`fgcam_lib.evaluate.run_evaluation` for ``max(n, stored_prefix(...))`` images.
-    ``metrics``: metric rows (``"average_drop"``, ``"overall"``, ...). Method/layer pairs
-    the method does not support (a CAM at the input) are not required.
-    """
-    from .evaluate import read_results
-    from .methods import supports
-
-    path = Path(out)
-    if not path.exists():
-        return 0
-    df = read_results(path)
-    if df.empty:
-        return 0
-    df = df[(df["data"] == data) & df["method"].isin(list(methods)) & df["metric"].isin(list(metrics))]
-    df = df.assign(layer=df["layer"].map(_layer_key))
-    df = df[df["layer"].isin([_layer_key(l) for l in layers])]
-    if df.empty:
-        return 0
-    present = df.groupby("index").apply(lambda g: set(zip(g["method"], g["layer"], g["metric"])),
-                                        include_groups=False)
-    wanted = {(m, _layer_key(l), k) for m in methods for l in layers if supports(m, l) for k in metrics}
-    n = 0
-    while n in present.index and present.loc[n] >= wanted:
-        n += 1
-    return n

@@ -1,7 +1,7 @@
 """Train the bundled benchmark model on synthetic scenes.
 
-    python -m fgcam_lib.train --help
-    python -m fgcam_lib.train --tiny --out /tmp/tiny.pt         # seconds, for tests
+    python -m fgcam_lib.data.train --help
+    python -m fgcam_lib.data.train --tiny --out /tmp/tiny.pt         # seconds, for tests
 
 Recipe (see TRAINING.md): VGG16-BN layout at 1/8 width, 128 x 128 inputs, AdamW with a
 one-cycle schedule, a mix of single-object scenes (one-hot targets) and two-object scenes
@@ -108,7 +108,7 @@ def scenes_tensors(split: str, n: int, seed: int, size: int, cache: Path | None)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m fgcam_lib.train", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m fgcam_lib.data.train", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--width-div", type=int, default=8, help="divide VGG16 channel widths by this")
     p.add_argument("--size", type=int, default=128, help="input side in pixels")

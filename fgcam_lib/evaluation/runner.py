@@ -1,8 +1,8 @@
 """Run explainers x layers x metrics over a data set; tabulate as the paper does.
 
-Command line (``python -m fgcam_lib.evaluate --help``)::
+Command line (``python -m fgcam_lib.evaluation --help``)::
 
-    python -m fgcam_lib.evaluate --model bundled --data benchmark:test --n 500 \\
+    python -m fgcam_lib.evaluation --model bundled --data benchmark:test --n 500 \\
         --methods grad_cam,fg_grad_cam,lrp --layers 33,23,13,input \\
         --metrics adai,insdel,proportion --out results/bench.parquet
 
@@ -39,11 +39,9 @@ a new method or metric only adds its rows.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
@@ -53,10 +51,11 @@ import torch
 from torch import Tensor, nn
 
 from . import metrics as M
-from .methods import (
+from ..methods.registry import (
     METHODS, PAPER_CAM_METHODS, PAPER_INPUT_METHODS, is_input_layer, is_signed, label, make_explainer, supports,
 )
 from .stats import mean_ci
+from .store import COLUMNS, DTYPES, ResultStore, empty_rows, layer_key, model_fingerprint, read_results, typed_rows
 
 if TYPE_CHECKING:  # pandas is imported lazily, inside the functions that tabulate
     import pandas as pd
@@ -82,12 +81,6 @@ METRIC_LABELS: dict[str, str] = {
     "insertion": "Insertion", "deletion": "Deletion", "overall": "Over-all",
     "proportion": "Proportion", "proportion_mask": "Proportion (mask)", "pointing_game": "Pointing game",
     "road_morf": "ROAD MoRF", "road_lerf": "ROAD LeRF",
-}
-
-COLUMNS: tuple[str, ...] = ("data", "image_id", "index", "label", "target", "method", "layer", "metric", "value")
-_DTYPES: dict[str, str] = {
-    "data": "object", "image_id": "object", "index": "int64", "label": "int64", "target": "int64",
-    "method": "object", "layer": "object", "metric": "object", "value": "float64",
 }
 
 #: the paper's Layer33, Layer23, Layer13 (the 4th, 3rd and 2nd max-pool of VGG16-BN)
@@ -288,89 +281,6 @@ def _road(ctx: MetricContext, maps: Tensor, signed: bool) -> dict[str, Tensor]:
 _METRIC_FNS = {"adai": _adai, "insdel": _insdel, "proportion": _localization, "road": _road}
 
 
-# ------------------------------------------------------------------------------ storage
-class ResultStore:
-    """Rows on disk: a CSV file, or a folder of parquet part files (one per batch).
-
-    Parts are written to a hidden temporary name and renamed, so a killed run leaves
-    only whole batches. ``meta`` (seed, target rule) is kept beside the rows and must
-    match on resume.
-    """
-
-    def __init__(self, out: str | os.PathLike) -> None:
-        self.path = Path(out)
-        suffix = self.path.suffix.lower()
-        if suffix not in (".csv", ".parquet", ".pq"):
-            raise ValueError(f"--out must end in .csv or .parquet, got {str(self.path)!r}")
-        self.parquet = suffix != ".csv"
-        self.meta_path = self.path / "_meta.json" if self.parquet else self.path.with_name(self.path.name + ".meta.json")
-
-    def check_meta(self, meta: Mapping[str, Any]) -> None:
-        """Record ``meta``, or raise ValueError if the stored one differs."""
-        old: dict[str, Any] = {}
-        if self.meta_path.is_file():
-            old = json.loads(self.meta_path.read_text())
-            diff = {k: (old[k], v) for k, v in meta.items() if k in old and old[k] != v}
-            if diff:
-                raise ValueError(f"{self.path} holds results made with other settings {diff} (stored, now); "
-                                 "use another --out")
-            if all(k in old for k in meta):
-                return
-        self.meta_path.parent.mkdir(parents=True, exist_ok=True)
-        self.meta_path.write_text(json.dumps({**old, **meta}, indent=1))
-
-    def read(self) -> "pd.DataFrame":
-        """Every stored row (an empty frame with :data:`COLUMNS` when there is none)."""
-        import pandas as pd
-
-        if self.parquet:
-            parts = sorted(self.path.glob("part-*.parquet")) if self.path.is_dir() else []
-            df = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True) if parts else None
-        else:
-            df = pd.read_csv(self.path, dtype={"image_id": str, "layer": str}) if self.path.is_file() else None
-        return _empty_rows() if df is None else _typed(df)
-
-    def append(self, df: "pd.DataFrame") -> None:
-        """Add rows durably."""
-        if df.empty:
-            return
-        if self.parquet:
-            self.path.mkdir(parents=True, exist_ok=True)
-            n = len(list(self.path.glob("part-*.parquet")))
-            tmp = self.path / f".tmp-{uuid.uuid4().hex}.parquet"
-            df.to_parquet(tmp, index=False)
-            os.replace(tmp, self.path / f"part-{n:06d}-{uuid.uuid4().hex[:8]}.parquet")
-        else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            header = not self.path.is_file() or self.path.stat().st_size == 0
-            text = df.to_csv(index=False, header=header)
-            with open(self.path, "a", encoding="utf-8") as fh:
-                fh.write(text)
-                fh.flush()
-                os.fsync(fh.fileno())
-
-
-def _empty_rows() -> "pd.DataFrame":
-    import pandas as pd
-
-    return pd.DataFrame({c: pd.Series(dtype=_DTYPES[c]) for c in COLUMNS})
-
-
-def _typed(df: "pd.DataFrame") -> "pd.DataFrame":
-    """Rows with :data:`COLUMNS` first, in their dtypes (ids and layers as strings)."""
-    for c in ("data", "image_id", "method", "layer", "metric"):
-        df[c] = df[c].astype(str)
-    for c in ("index", "label", "target"):
-        df[c] = df[c].astype("int64")
-    df["value"] = df["value"].astype("float64")
-    return df[list(COLUMNS) + [c for c in df.columns if c not in COLUMNS]]
-
-
-def read_results(out: str | os.PathLike) -> "pd.DataFrame":
-    """Read the rows a run wrote to ``out`` (``.csv`` file or ``.parquet`` folder)."""
-    return ResultStore(out).read()
-
-
 # ------------------------------------------------------------------------------- runner
 @dataclass
 class Throughput:
@@ -458,7 +368,7 @@ def run_evaluation(
 
     Args:
         model: eval-mode classifier; ``preprocess``: images in [0, 1] -> model input
-            (a :class:`fgcam_lib.models.Preprocess`, or None when items are ready).
+            (a :class:`fgcam_lib.data.models.Preprocess`, or None when items are ready).
         dataset: items are dicts with ``image`` (3 x H x W in [0, 1]) and optionally
             ``label``, ``classes``, ``boxes``, ``masks`` (``SyntheticScenes``,
             ``ImageNetVal``, ``ImageFolderDataset``).
@@ -490,9 +400,8 @@ def run_evaluation(
     plan = {m: [name for name, spec in layer_names.items() if supports(m, spec, model)] for m in methods}
     groups = list(dict.fromkeys(metrics))
     store = ResultStore(out) if out is not None else None
-    stored = store.read() if store is not None else _empty_rows()
+    stored = store.read() if store is not None else empty_rows()
     if store is not None:
-        from .published import model_fingerprint
 
         # rows of another checkpoint must never be reused
         store.check_meta({"seed": seed, "target": target, "model": model_fingerprint(model)})
@@ -519,7 +428,7 @@ def run_evaluation(
             cols = _evaluate_batch(model, preprocess, dataset, chunk, [ids[j] for j in chunk], device, explainers,
                                    plan, groups, missing, target, seed, metric_batch_size, metric_kwargs or {},
                                    data_name, timing)
-            rows = pd.DataFrame(cols).astype(_DTYPES)
+            rows = pd.DataFrame(cols).astype(DTYPES)
             if store is not None:
                 store.append(rows)
             new.append(rows)
@@ -532,7 +441,7 @@ def run_evaluation(
     wanted = {g2 for g in groups for g2 in METRIC_GROUPS[g]}
     df = df[(df["data"] == data_name) & df["image_id"].isin(set(ids)) & df["method"].isin(list(methods))
             & df["layer"].isin(list(layer_names)) & df["metric"].isin(wanted)].reset_index(drop=True)
-    df = _typed(df)
+    df = typed_rows(df)
     df.attrs["throughput"] = timing.as_dict()
     df.attrs["computed_images"] = computed
     return df
@@ -612,19 +521,11 @@ def throughput_table(timing: Mapping[str, Mapping[str, float]] | "pd.DataFrame")
 
 
 # ---------------------------------------------------------------------------- summaries
-def _layer_key(layer: str) -> str:
-    """``"features.33"`` / ``"33"`` -> ``"33"``; ``"-1"`` -> ``"input"``."""
-    layer = str(layer)
-    if is_input_layer(layer):
-        return "input"
-    return layer[len("features."):] if layer.startswith("features.") else layer
-
-
 def _summary(df: "pd.DataFrame", confidence: float, n_resamples: int, seed: int) -> "pd.DataFrame":
     """method x layer x metric (x data when several) -> mean, ci_low, ci_high, n."""
     import pandas as pd
 
-    df = df.assign(layer=df["layer"].map(_layer_key))
+    df = df.assign(layer=df["layer"].map(layer_key))
     keys = (["data"] if df["data"].nunique() > 1 else []) + ["method", "layer", "metric"]
     out = []
     for key, g in df.groupby(keys, sort=False):
@@ -646,7 +547,7 @@ TABLES: dict[int, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
 }
 
 
-def _table_number(table: int | str) -> int:
+def table_number(table: int | str) -> int:
     s = str(table).lower().replace("table", "").strip()
     if not s.isdigit() or int(s) not in TABLES:
         raise ValueError(f"unknown table {table!r}; use 1-6 (the paper's Tables 1-6)")
@@ -714,9 +615,9 @@ def summarize(
         df = df[df["data"] == data]
     if table is None:
         return _summary(df, confidence, n_resamples, seed)
-    number = _table_number(table)
+    number = table_number(table)
     methods, layers, metrics = TABLES[number]
-    sub = df[df["method"].isin(methods) & df["layer"].map(_layer_key).isin(layers) & df["metric"].isin(metrics)]
+    sub = df[df["method"].isin(methods) & df["layer"].map(layer_key).isin(layers) & df["metric"].isin(metrics)]
     if sub["data"].nunique() > 1:
         raise ValueError(f"Table {number}'s rows come from several data sets {sorted(sub['data'].unique())}; "
                          "pass data=")
@@ -785,10 +686,10 @@ def _split_list(text: str) -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line's options."""
-    from .scenes import SPLITS
+    from ..data.scenes import SPLITS
 
     p = argparse.ArgumentParser(
-        prog="python -m fgcam_lib.evaluate",
+        prog="python -m fgcam_lib.evaluation",
         description="Evaluate explanation methods (faithfulness, localization) as in the FG-CAM paper.",
     )
     p.add_argument("--model", default="bundled",
@@ -831,7 +732,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load_model(args: argparse.Namespace) -> tuple[nn.Module, Any]:
-    from .models import load_model
+    from ..data.models import load_model
 
     torch.manual_seed(args.seed)  # a "random" model is then the same on every (resumed) run
     return load_model(args.model, weights=args.weights, device=args.device)
@@ -839,8 +740,8 @@ def _load_model(args: argparse.Namespace) -> tuple[nn.Module, Any]:
 
 def _datasets(args: argparse.Namespace, model: nn.Module, size: int) -> list[tuple[str, Any, int, list[str]]]:
     """(data name, dataset, n, metric options) for each evaluation the arguments ask for."""
-    from .data import ImageFolderDataset, ImageNetVal
-    from .scenes import SyntheticScenes
+    from ..data.images import ImageFolderDataset, ImageNetVal
+    from ..data.scenes import SyntheticScenes
 
     metrics = _split_list(args.metrics)
     paper = args.protocol == "paper"
@@ -877,7 +778,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
     import pandas as pd
 
-    from .models import WeightsNotFoundError
+    from ..data.models import WeightsNotFoundError
 
     args = build_parser().parse_args(argv)
     if args.threads:
@@ -885,10 +786,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     methods = _split_list(args.methods)
     try:
         _validate(methods, _split_list(args.metrics))
-        tables = [_table_number(t) for t in _split_list(args.table or "")]
+        tables = [table_number(t) for t in _split_list(args.table or "")]
         model, preprocess = _load_model(args)
         if args.layers is None:
-            from .methods import paper_layers
+            from ..methods.registry import paper_layers
 
             layers = [*paper_layers(model, int(getattr(preprocess, "size", 224))), "input"]
         else:

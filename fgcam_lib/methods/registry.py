@@ -36,8 +36,8 @@ from torch import nn
 from .base import Explainer
 from .cam import GradCAM, GradCAMpp, LayerCAM, ScoreCAM, XGradCAM
 from .fgcam import CLRP, FGCAM, LRP, SGLRP
-from .engine.graph import INPUT, Graph, graph_of
-from .engine.presets import IMAGENET_MEAN, IMAGENET_STD
+from ..engine.graph import INPUT, Graph, graph_of
+from ..engine.presets import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [
     "MethodSpec", "METHODS", "FAMILIES", "PAPER_CAM_METHODS", "PAPER_INPUT_METHODS",
@@ -204,7 +204,7 @@ def paper_layers(model: nn.Module, size: int = 224) -> list[str]:
     """
     import torch
 
-    from .engine.walk import eval_mode, forward
+    from ..engine.walk import eval_mode, forward
 
     graph = graph_of(model)
     if graph.vgg_style and graph.n_features == 44:

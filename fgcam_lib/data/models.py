@@ -25,7 +25,7 @@ __all__ = [
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+DATA_DIR = Path(__file__).resolve().parents[2] / "data"  # the repository's data/ folder
 BUNDLED_CHECKPOINT = DATA_DIR / "bundled_vgg16bn.pt"
 BUNDLED_CARD = DATA_DIR / "bundled_vgg16bn.json"
 
@@ -122,7 +122,7 @@ class Preprocess:
     def to_tensor(self, x: Any) -> torch.Tensor:
         """Input of any accepted kind -> B x 3 x H x W float in [0, 1] (not resized)."""
         if isinstance(x, (str, os.PathLike)):
-            from .data import load_image  # one reader: clear errors, EXIF orientation
+            from .images import load_image  # one reader: clear errors, EXIF orientation
 
             x = load_image(x)
         if not isinstance(x, torch.Tensor):  # PIL image or array-like H x W x 3
@@ -220,7 +220,7 @@ def _load_bundled(weights: str | os.PathLike | None) -> tuple[nn.Module, Preproc
         if not ckpt_path.is_file():
             raise WeightsNotFoundError(
                 f"bundled checkpoint not found at {ckpt_path}; train it with "
-                f"`python -m fgcam_lib.train --out {ckpt_path}` (see TRAINING.md), or use weights='random'.")
+                f"`python -m fgcam_lib.data.train --out {ckpt_path}` (see TRAINING.md), or use weights='random'.")
         blob = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         card = blob["card"] if "card" in blob else _read_card(card_path)
         model = BundledVGG(card["cfg"], n_classes=len(card["classes"]), dropout=card.get("dropout", 0.2))

@@ -13,10 +13,10 @@ import torch
 
 from .base import Explainer, Target, resolve_target
 from .cam import GRADIENT_WEIGHTS, score_cam_weights
-from .engine.graph import INPUT
-from .engine.presets import IMAGENET_MEAN, IMAGENET_STD, Preset, bind, get_preset
-from .engine.rules import Rule
-from .engine.walk import Trace, forward, plan, propagate
+from ..engine.graph import INPUT
+from ..engine.presets import IMAGENET_MEAN, IMAGENET_STD, Preset, bind, get_preset
+from ..engine.rules import Rule
+from ..engine.walk import Trace, forward, plan, propagate
 
 Tensor = torch.Tensor
 

@@ -1,6 +1,6 @@
 """An interactive explorer: image, class, method, layer, rules, rank fraction -> maps.
 
-    >>> from fgcam_lib.widgets import Explorer
+    >>> from fgcam_lib.ui.widgets import Explorer
     >>> app = Explorer(model, preprocess)              # benchmark scenes + bundled photos
     >>> app.show()                                     # JupyterLab: the interactive app
     >>> fig = app.update(method="fg_grad_cam", layer=13, fraction=0.25)   # headless
@@ -17,7 +17,7 @@ components at every pooling layer and the input, so changing the layer is free.
 ``app.calls`` counts forwards (``"forward"``, ``"top"``, ``"explain"``) and
 propagations (``"propagate"``).
 
-matplotlib and ipywidgets are imported here (and in :mod:`fgcam_lib.viz`) only.
+matplotlib and ipywidgets are imported here (and in :mod:`fgcam_lib.ui.viz`) only.
 """
 from __future__ import annotations
 
@@ -32,11 +32,11 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from . import viz
-from .base import Explainer, Explanation
-from .cam import GradCAM, LayerCAM, ScoreCAM
-from .fgcam import BASES, CLRP, FGCAM, LRP, SGLRP, denoise, denoise_rank
-from .engine.graph import INPUT, graph_of
-from .engine.walk import Trace, eval_mode, forward
+from ..methods.base import Explainer, Explanation
+from ..methods.cam import GradCAM, LayerCAM, ScoreCAM
+from ..methods.fgcam import BASES, CLRP, FGCAM, LRP, SGLRP, denoise, denoise_rank
+from ..engine.graph import INPUT, graph_of
+from ..engine.walk import Trace, eval_mode, forward
 
 __all__ = [
     "Explorer", "ExplorerFigure", "Settings", "METHODS", "RULES", "parse_method", "pool_layers", "fraction_choices",
@@ -160,12 +160,12 @@ def _class_names(model: nn.Module, n_classes: int) -> list[str]:
 
 def _default_images(size: int) -> list[tuple[str, Tensor]]:
     """A few benchmark scenes and the bundled photos, at the model's input size."""
-    from .scenes import CLASSES, SyntheticScenes
+    from ..data.scenes import CLASSES, SyntheticScenes
 
     scenes = SyntheticScenes("test", n=4, size=size)
     out = [(f"scene {i} ({CLASSES[s['label']]})", s["image"]) for i, s in ((i, scenes[i]) for i in range(len(scenes)))]
     try:
-        from .data import sample_photos
+        from ..data.images import sample_photos
 
         photos, names, _ = sample_photos(size)
         out += [(f"photo: {n}", p) for n, p in zip(names, photos)]
@@ -176,7 +176,7 @@ def _default_images(size: int) -> list[tuple[str, Tensor]]:
 
 def _as_image_tensor(image: Any) -> Tensor:
     """3 x H x W float in [0, 1] from a tensor (3 x H x W, 1 x 3 x H x W, uint8), a PIL image or a path."""
-    from .data import load_image
+    from ..data.images import load_image
 
     if isinstance(image, (str, Path)) or hasattr(image, "convert"):
         return load_image(image)
@@ -224,7 +224,7 @@ class Explorer:
 
     Args:
         model: a CNN fx can trace, or an ``nn.Sequential`` (see :mod:`fgcam_lib.engine.graph`).
-        preprocess: the model's :class:`~fgcam_lib.models.Preprocess` (resize + normalise;
+        preprocess: the model's :class:`~fgcam_lib.data.models.Preprocess` (resize + normalise;
             its ``mean``/``std`` set the canonical rules' pixel bounds).
         images: B x 3 x H x W in [0, 1], or a list of ``(name, 3 x H x W)`` pairs, tensors or
             paths; default: four benchmark scenes and the bundled photos.

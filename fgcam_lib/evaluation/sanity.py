@@ -14,7 +14,7 @@ Three questions about any explainer of the library, asked the same way for all:
   shuffled) ones and propagate as usual. If the map hardly changes, its detail comes from
   the z+ propagation, not from the CAM. :class:`AblatedFGCAM`, :func:`weight_ablation`.
 
-Similarities are :func:`fgcam_lib.metrics.similarity` (Spearman, SSIM); the ``_abs``
+Similarities are :func:`fgcam_lib.evaluation.metrics.similarity` (Spearman, SSIM); the ``_abs``
 columns compare absolute values, so a sign flip of a signed map is not counted as a change.
 
     >>> groups = randomization_groups(model)                      # [["classifier.1"], ["features.40", "features.41"], ...]
@@ -34,10 +34,10 @@ from torch import Tensor, nn
 
 from . import metrics as M
 from . import stats
-from .base import Target
-from .fgcam import FGCAM, denoise
-from .engine.graph import graph_of
-from .methods import is_signed, make_explainer
+from ..methods.base import Target
+from ..methods.fgcam import FGCAM, denoise
+from ..engine.graph import graph_of
+from ..methods.registry import is_signed, make_explainer
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -91,7 +91,7 @@ def randomization_groups(model: nn.Module, by: str = "conv") -> list[list[str]]:
 def randomized_copy(model: nn.Module, groups: Sequence[Sequence[str]], step: int, seed: int = 0) -> nn.Module:
     """The network of step ``step`` of :func:`cascading`: a copy with ``groups[:step]`` re-initialised.
 
-    Same re-initialisation as :func:`fgcam_lib.metrics.cascading_randomization` (module
+    Same re-initialisation as :func:`fgcam_lib.evaluation.metrics.cascading_randomization` (module
     ``q`` of the flattened groups with seed ``seed + q``), so maps drawn from this copy
     are the maps whose similarities :func:`cascading` reports. ``model`` is not changed.
 
@@ -122,7 +122,7 @@ def cascading(
 ) -> "pd.DataFrame":
     """Cascading randomisation of ``model`` for each ``(method, layer)``.
 
-    Runs :func:`fgcam_lib.metrics.cascading_randomization` once per pair: step 0 is the
+    Runs :func:`fgcam_lib.evaluation.metrics.cascading_randomization` once per pair: step 0 is the
     original model, step ``s`` has the first ``s`` groups re-initialised (same seeds for
     every method, so all methods see the same randomised networks). ``target=None``: each
     image's top-1 class on the original model, kept for every step.
@@ -241,7 +241,7 @@ def class_sensitivity(
     ``map_b`` class b, both at ``layer``. Returns one row per image: ``spearman``,
     ``ssim`` (``map_a`` vs ``map_b``), ``a_on_a``, ``a_on_b``, ``b_on_a``, ``b_on_b``
     (share of each map's positive mass inside each object's mask,
-    :func:`fgcam_lib.metrics.proportion_mask`; NaN for a map without positive values),
+    :func:`fgcam_lib.evaluation.metrics.proportion_mask`; NaN for a map without positive values),
     ``own`` (mean of ``a_on_a`` and ``b_on_b``), ``other`` (mean of ``a_on_b`` and
     ``b_on_a``) and ``gap = own - other``.
     """

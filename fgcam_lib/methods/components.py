@@ -26,7 +26,7 @@ import torch
 
 from .base import LayerSpec, Target
 from .fgcam import FGCAM, denoise, denoise_rank
-from .engine.walk import Trace, eval_mode
+from ..engine.walk import Trace, eval_mode
 
 Tensor = torch.Tensor
 

@@ -11,10 +11,10 @@ same images. The pieces:
   forward pass are computed once, only the SVD truncation and the propagation repeat);
 - :func:`sweep` scores every map set with the paper's metrics (A.D./A.I., insertion /
   deletion / Over-all, Proportion with boxes and with exact masks) and returns tidy
-  rows with the columns of :mod:`fgcam_lib.evaluate` (so ``evaluate.summarize`` and
+  rows with the columns of :mod:`fgcam_lib.evaluation.runner` (so ``evaluate.summarize`` and
   ``evaluate.format_table`` read them) plus one column per variant key;
 - :func:`summarize`, :func:`paired_difference` and :func:`spread` give means and
-  percentile-bootstrap confidence intervals over images (:mod:`fgcam_lib.stats`).
+  percentile-bootstrap confidence intervals over images (:mod:`fgcam_lib.evaluation.stats`).
 
     >>> batch = load_scenes(SyntheticScenes("test", 64, size=96), preprocess)
     >>> fg = FGCAM(model)                                    # no denoising: ranks vary below
@@ -39,9 +39,9 @@ from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from . import metrics as M
-from .base import Explainer, resolve_target
-from .fgcam import FGCAM, denoise, denoise_rank
-from .methods import is_input_layer
+from ..methods.base import Explainer, resolve_target
+from ..methods.fgcam import FGCAM, denoise
+from ..methods.registry import is_input_layer
 from .stats import bootstrap_ci, mean_ci
 
 if TYPE_CHECKING:  # pandas is imported lazily, inside the functions that tabulate
@@ -123,7 +123,7 @@ class SceneBatch:
 def load_scenes(dataset: Any, preprocess: Callable[[Tensor], Tensor], n: int | None = None,
                 indices: Sequence[int] | None = None) -> SceneBatch:
     """Load items (dicts with ``image`` 3 x H x W in [0, 1], ``label``, ``classes``,
-    ``boxes``, ``masks``, as :class:`~fgcam_lib.scenes.SyntheticScenes` gives) into a
+    ``boxes``, ``masks``, as :class:`~fgcam_lib.data.scenes.SyntheticScenes` gives) into a
     :class:`SceneBatch`: the first ``n`` items, or those at ``indices``.
 
     ``preprocess`` maps B x 3 x H x W in [0, 1] to the model's input (resize + normalise);
@@ -204,7 +204,7 @@ def rank_grid(maximum: int, base: Sequence[int] = (1, 2, 3, 4, 6, 8, 12, 16, 24,
 
 def rank_fraction(rank: int, channels: int, positions: int) -> float:
     """The denoising fraction that keeps exactly ``rank`` singular values
-    (the inverse of :func:`fgcam_lib.fgcam.denoise_rank`)."""
+    (the inverse of :func:`fgcam_lib.methods.fgcam.denoise_rank`)."""
     m = min(int(channels), int(positions))
     if not 1 <= rank <= m:
         raise ValueError(f"rank must be in [1, {m}] for {channels} x {positions} components, got {rank}")
@@ -212,7 +212,7 @@ def rank_fraction(rank: int, channels: int, positions: int) -> float:
 
 
 def denoise_to_rank(components: Tensor, rank: int) -> Tensor:
-    """:func:`fgcam_lib.fgcam.denoise` keeping the top ``rank`` singular values (B x C x H x W)."""
+    """:func:`fgcam_lib.methods.fgcam.denoise` keeping the top ``rank`` singular values (B x C x H x W)."""
     B, C, H, W = components.shape
     return denoise(components, rank_fraction(rank, C, H * W))
 
@@ -350,7 +350,7 @@ def score_maps(
     the paper); ``proportion``: share of the positive map inside the target object's
     box(es) (the paper's Proportion) and inside its exact mask. ``baseline``: the
     blurred images (computed when None). ``model`` may be wrapped in
-    :class:`fgcam_lib.evaluate.CleanLogitsCache` to skip the clean forward passes.
+    :class:`fgcam_lib.evaluation.runner.CleanLogitsCache` to skip the clean forward passes.
     """
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
@@ -397,7 +397,7 @@ def sweep(
     metrics' forward passes; targets come from it too.
 
     Columns: ``data``, ``image_id``, ``index``, ``label``, ``target`` (as
-    :mod:`fgcam_lib.evaluate`), the map sets' keys (``method``, ``layer``, ...),
+    :mod:`fgcam_lib.evaluation.runner`), the map sets' keys (``method``, ``layer``, ...),
     ``metric``, ``value``. ``df.attrs["seconds"]``: time spent on maps and on metrics.
 
     ``dedupe``: a map set whose maps equal an earlier one's (same ``signed``, every
@@ -408,7 +408,7 @@ def sweep(
     import pandas as pd
     from tqdm.auto import tqdm
 
-    from .evaluate import CleanLogitsCache
+    from .runner import CleanLogitsCache
 
     sources = [sources] if callable(sources) else list(sources)
     fast = inference_copy(model) if metric_model is None else metric_model
@@ -669,7 +669,7 @@ def example_grid(images: Tensor, maps: Mapping[str, Mapping[Any, Tensor]], colum
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
 
-    from . import viz
+    from ..ui import viz
 
     rows = list(maps)
     fig, axes = plt.subplots(len(rows) + 1, len(columns), layout="constrained", squeeze=False,

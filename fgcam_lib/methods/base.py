@@ -16,8 +16,8 @@ from typing import Sequence, Union
 import torch
 from torch import nn
 
-from .engine.graph import INPUT, Graph, graph_of
-from .engine.walk import eval_mode
+from ..engine.graph import INPUT, Graph, graph_of
+from ..engine.walk import eval_mode
 
 Tensor = torch.Tensor
 LayerSpec = Union[int, str]
@@ -59,7 +59,7 @@ def resolve_target(target: Target, logits: Tensor) -> Tensor:
     else:
         if isinstance(target, str):
             raise TypeError(f"target must be a class index, indices or None, not the string {target!r} "
-                            "(for a benchmark class name use fgcam_lib.scenes.CLASSES.index(name))")
+                            "(for a benchmark class name use fgcam_lib.data.scenes.CLASSES.index(name))")
         raw = torch.as_tensor(target)
         if raw.dtype == torch.bool or (raw.is_floating_point() and not bool((raw == raw.round()).all())):
             raise TypeError(f"target must hold whole class indices, got {target!r}")

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .base import Explainer, resolve_target
-from .engine.rules import safe_div
-from .engine.walk import forward
+from ..engine.rules import safe_div
+from ..engine.walk import forward
 
 Tensor = torch.Tensor
 

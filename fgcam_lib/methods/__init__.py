@@ -1,0 +1,16 @@
+"""The explanation methods: the shared call shape (:mod:`.base`), CAMs (:mod:`.cam`), FG-CAM and
+the LRP family (:mod:`.fgcam`), FG-CAM's components one channel at a time (:mod:`.components`)
+and the registry of the methods the paper compares (:mod:`.registry`).
+
+    >>> from fgcam_lib.methods import make_explainer
+    >>> fg = make_explainer("fg_grad_cam_denoise", model, preprocess=preprocess)
+"""
+from .registry import (FAMILIES, METHODS, PAPER_CAM_METHODS, PAPER_INPUT_METHODS, MethodSpec, is_input_layer,
+                       is_signed, label, make_explainer, method_layers, method_names, normalization, paper_layers,
+                       supports)
+
+__all__ = [
+    "MethodSpec", "METHODS", "FAMILIES", "PAPER_CAM_METHODS", "PAPER_INPUT_METHODS", "make_explainer",
+    "method_layers", "supports", "is_signed", "is_input_layer", "label", "method_names", "normalization",
+    "paper_layers",
+]
