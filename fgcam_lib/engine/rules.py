@@ -360,9 +360,15 @@ class Sum(Rule):
             for k, x in zip(live, parts):
                 out[k] = (x * s).sum_to_size(x.shape)
             return out
-        up = sum(parts) >= 0
-        nums = [x * ((x >= 0) == up) for x in parts]  # the operands whose sign matches the sum's
-        den = sum(nums)
+        z = parts[0]
+        for x in parts[1:]:
+            z = z + x
+        one = z.new_ones(())
+        sign = torch.where(z >= 0, one, -one)
+        nums = [(x.abs() * sign).add_(x) for x in parts]  # twice the part of each operand with the sum's sign
+        den = nums[0]
+        for num in nums[1:]:
+            den = den + num
         s = safe_div(R, den)
         even = den == 0  # every operand 0: equal shares
         spread = bool(even.any())
