@@ -63,18 +63,22 @@ def test_score_cam_common_variant_matches_pytorch_grad_cam(tiny_vgg):
     assert rel_close(mine, ref, 1e-3)  # their masks add 1e-8 to the min-max denominator
 
 
-def zennit_composite(low, high, merge: bool):
+def zplus_layer_map():
+    """zennit rules matching our z+ preset: biases zeroed, ReLU passes, average pools by Norm."""
     bias = ["bias"]
-    layer_map = [
+    return [
         (nn.Conv2d, ZPlus(stabilizer=1e-12, zero_params=bias)),
         (nn.Linear, ZPlus(stabilizer=1e-12, zero_params=bias)),
         (nn.ReLU, Pass()),
         (nn.AdaptiveAvgPool2d, Norm(stabilizer=1e-12)),
-        (nn.Dropout, Pass()),
     ]
+
+
+def zennit_composite(low, high, merge: bool):
+    layer_map = zplus_layer_map() + [(nn.Dropout, Pass())]
     if not merge:
         layer_map.append((nn.BatchNorm2d, Pass()))
-    first = [(nn.Conv2d, ZBox(low, high, stabilizer=1e-12, zero_params=bias))]  # no stabiliser: the exact rules
+    first = [(nn.Conv2d, ZBox(low, high, stabilizer=1e-12, zero_params=["bias"]))]  # no stabiliser: the exact rules
     canon = [SequentialMergeBatchNorm()] if merge else []
     return SpecialFirstLayerMapComposite(layer_map=layer_map, first_map=first, canonizers=canon)
 
@@ -201,20 +205,15 @@ class ZennitSumZPlus(BasicHook):
 def zennit_resnet_lrp(model, x, targets, first: str, sum_rule=None):
     """zennit's input relevance of ``model`` (ResNetCanonizer: BN merged, adds as ``Sum``),
     z+ with biases zeroed everywhere, ``first`` ("zplus" or "zbox", per-channel bounds) at conv1."""
-    bias = ["bias"]
-    layer_map = [
-        (nn.Conv2d, ZPlus(stabilizer=1e-12, zero_params=bias)),
-        (nn.Linear, ZPlus(stabilizer=1e-12, zero_params=bias)),
-        (nn.ReLU, Pass()),
-        (nn.AdaptiveAvgPool2d, Norm(stabilizer=1e-12)),
+    layer_map = zplus_layer_map() + [
         (ZennitSum, sum_rule if sum_rule is not None else Norm(stabilizer=1e-12)),
     ]  # MaxPool2d: zennit's default, the gradient (all to the winner), as our PoolZ
     if first == "zbox":
         m, s = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
         lo, hi = ((0 - m) / s).expand_as(x), ((1 - m) / s).expand_as(x)
-        first_rule = ZBox(lo, hi, stabilizer=1e-12, zero_params=bias)
+        first_rule = ZBox(lo, hi, stabilizer=1e-12, zero_params=["bias"])
     else:
-        first_rule = ZPlus(stabilizer=1e-12, zero_params=bias)
+        first_rule = ZPlus(stabilizer=1e-12, zero_params=["bias"])
     comp = SpecialFirstLayerMapComposite(layer_map=layer_map, first_map=[(nn.Conv2d, first_rule)],
                                          canonizers=[ResNetCanonizer()])
     model = copy.deepcopy(model)
