@@ -172,6 +172,18 @@ class Graph:
             self._anc[position] = frozenset(seen)
         return self._anc[position]
 
+    def downstream(self, sources: Iterable[int]) -> frozenset[int]:
+        """Nodes that depend on any of ``sources`` (``INPUT`` allowed), the sources excluded."""
+        seen: set[int] = set()
+        stack = list(self.input_users if INPUT in set(sources) else [])
+        stack += [u for s in sources if s != INPUT for u in self.users[s]]
+        while stack:
+            j = stack.pop()
+            if j not in seen:
+                seen.add(j)
+                stack.extend(self.users[j])
+        return frozenset(seen)
+
     def reaches(self, low: int, high: int) -> bool:
         """Whether relevance at ``high`` can flow down to ``low`` (``low`` is ``high`` or feeds it)."""
         return low == high or low in self.ancestors(high)

@@ -92,14 +92,21 @@ def forward(graph: Graph, x: Tensor, keep: Iterable[int] = (), grad_at: Iterable
     trace = Trace()
     last = graph.last_use
     vals: dict[int, Any] = {}
-    with torch.set_grad_enabled(bool(grad_at)):
+    # autograd records only downstream of the leaves: the weights require grad, so ops below
+    # them would otherwise save their inputs for a backward that never comes
+    record = graph.downstream(grad_at) if grad_at else frozenset()
+    with torch.no_grad():
         h = x.detach().requires_grad_(True) if INPUT in grad_at else x
         vals[INPUT] = h
         trace.shapes[INPUT] = h.shape
         if INPUT in keep:
             trace.acts[INPUT] = h
         for i, node in enumerate(graph.nodes):
-            v = node.op(*(vals[j] for j in node.inputs))
+            if i in record:
+                with torch.enable_grad():
+                    v = node.op(*(vals[j] for j in node.inputs))
+            else:
+                v = node.op(*(vals[j] for j in node.inputs))
             if i in grad_at:
                 v = v.detach().requires_grad_(True)
             vals[i] = v
