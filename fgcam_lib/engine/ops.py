@@ -93,8 +93,6 @@ _METHOD_KINDS = {
     "unsqueeze": "reshape", "permute": "reshape", "transpose": "reshape", "contiguous": "reshape",
     "chunk": "split", "split": "split", "unbind": "split",
 }
-#: kinds the walk treats as plain index/reshape ops of one tensor
-RESHAPE_KINDS = ("reshape",)
 
 
 def kind_of(module: nn.Module) -> str | None:
