@@ -131,8 +131,8 @@ def build_rows(name: str, model: torch.nn.Module, x: torch.Tensor, device: torch
     rows["fwd_bwd"] = (LABELS["fwd_bwd"], fwd_bwd)
     fg = FGCAM(model)
     if want("gradcam"):
-        gc_ = GradCAM(model)
-        rows["gradcam"] = (LABELS["gradcam"].format(layer=fg.component_layer), lambda: gc_(x))
+        gradcam = GradCAM(model)
+        rows["gradcam"] = (LABELS["gradcam"].format(layer=fg.component_layer), lambda: gradcam(x))
     if want("pgc"):
         try:
             from pytorch_grad_cam import GradCAM as PGCGradCAM
@@ -362,7 +362,7 @@ def targets(results: list[Result]) -> list[str]:
             if k == "fg_score" and d == dev and (m, b, d, "score_w") in by:
                 ratio = r.seconds / by[(m, b, d, "score_w")].seconds
                 lines.append(f"- [{dev}] FG-Score-CAM <= 1.1x Score-CAM weights, {m} batch {b}: "
-                             f"{verdict(ratio <= 1.1)} ({ratio:.2f}x)")
+                             f"{verdict(ratio <= 1.1)} ({ratio:.3f}x)")
     return lines
 
 
