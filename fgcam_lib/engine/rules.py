@@ -121,7 +121,7 @@ class AlphaBeta(Rule):
             raise ValueError(f"alpha - beta must be 1 to conserve relevance, got {alpha} - {beta}")
         self.alpha, self.beta, self.bias = alpha, beta, bias
 
-    def _part(self, lin: _Linear, x: Tensor, R: Tensor, positive: bool) -> Tensor:
+    def _part(self, lin: _Linear, x: Tensor, R: Tensor, positive: bool, with_z: bool = False):
         w = lin.weight
         wp, wn = w.clamp(min=0), w.clamp(max=0)
         # after a ReLU the negative inputs are all zero: skip their convolutions
@@ -139,7 +139,7 @@ class AlphaBeta(Rule):
         out = xp * lin.transpose(s, w_pos_in, x.shape)
         if has_neg:
             out = out + xn * lin.transpose(s, w_neg_in, x.shape)
-        return out
+        return (out, z) if with_z else out
 
     def __call__(self, module, x, R):
         lin = _Linear(module)
@@ -160,7 +160,7 @@ class ZPlus(AlphaBeta):
     An output with no positive contribution (``z_j = 0``) passes none of its relevance on.
     After ReLUs that output is 0 and gets no relevance, but where signed activations (SiLU,
     Hardswish, GELU, a linear bottleneck) feed the next layer, relevance does arrive there
-    and is lost: 13% of it on EfficientNet-B0. ``conservative=True`` gives such an output's
+    and is lost: on a bias-free EfficientNet-B0 the input kept 0.87 of the components' sum. ``conservative=True`` gives such an output's
     relevance to its negative contributions instead, ``(x+ w- + x- w+) / z-_j``, so the
     rule conserves wherever any contribution is non-zero; elsewhere it is plain z+.
     """
@@ -170,12 +170,10 @@ class ZPlus(AlphaBeta):
         self.conservative = conservative
 
     def __call__(self, module, x, R):
-        out = super().__call__(module, x, R)
         if not self.conservative:
-            return out
+            return super().__call__(module, x, R)
         lin = _Linear(module)
-        xp = x.clamp(min=0)
-        z = lin.forward(xp, lin.weight.clamp(min=0)) + lin.forward(x.clamp(max=0), lin.weight.clamp(max=0))
+        out, z = self._part(lin, x, R, positive=True, with_z=True)
         lost = torch.where(z == 0, R, torch.zeros_like(R))
         if not bool(lost.any()):
             return out
