@@ -123,22 +123,22 @@ class AlphaBeta(Rule):
 
     def _part(self, lin: _Linear, x: Tensor, R: Tensor, positive: bool, with_z: bool = False):
         w = lin.weight
-        wp, wn = w.clamp(min=0), w.clamp(max=0)
         # after a ReLU the negative inputs are all zero: skip their convolutions
         has_neg = bool(x.min() < 0)
         xp = x.clamp(min=0) if has_neg else x
-        xn = x.clamp(max=0) if has_neg else None
-        w_pos_in, w_neg_in = (wp, wn) if positive else (wn, wp)
+        w_pos_in = w.clamp(min=0) if positive else w.clamp(max=0)
         z = lin.forward(xp, w_pos_in)
         if has_neg:
-            z = z + lin.forward(xn, w_neg_in)
+            xn = x.clamp(max=0)
+            w_neg_in = w.clamp(max=0) if positive else w.clamp(min=0)
+            z.add_(lin.forward(xn, w_neg_in))
         if self.bias and lin.bias is not None:
             b = lin.bias.clamp(min=0) if positive else lin.bias.clamp(max=0)
-            z = z + b.view(1, -1, *([1] * (z.dim() - 2)))
-        s = safe_div(R, z)
-        out = xp * lin.transpose(s, w_pos_in, x.shape)
+            z.add_(b.view(1, -1, *([1] * (z.dim() - 2))))
+        s = safe_div(R, z) if with_z else torch.div(R, z, out=z).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+        out = lin.transpose(s, w_pos_in, x.shape).mul_(xp)
         if has_neg:
-            out = out + xn * lin.transpose(s, w_neg_in, x.shape)
+            out.add_(lin.transpose(s, w_neg_in, x.shape).mul_(xn))
         return (out, z) if with_z else out
 
     def __call__(self, module, x, R):
@@ -260,14 +260,36 @@ class ZBeta(Rule):
     def __call__(self, module, x, R):
         lin = _Linear(module)
         low, high = self.bounds(x)
-        low, high = low.expand_as(x), high.expand_as(x)
         w = lin.weight
         wp, wn = w.clamp(min=0), w.clamp(max=0)
-        z = lin.forward(x, w) - lin.forward(low, wp) - lin.forward(high, wn)
+        z = lin.forward(x, w) - self._bound_term(lin, low, high, wp, wn, x)
         if self.bias and lin.bias is not None:
             z = z + lin.bias.view(1, -1, *([1] * (z.dim() - 2)))
         s = safe_div(R, z)
-        return x * lin.transpose(s, w, x.shape) - low * lin.transpose(s, wp, x.shape) - high * lin.transpose(s, wn, x.shape)
+        if isinstance(lin.module, nn.Conv2d) and lin.module.groups == 1:
+            # the three transposes as one: the weights stacked along the input channels
+            c = x.shape[1]
+            g = lin.transpose(s, torch.cat([w, wp, wn], 1), (x.shape[0], 3 * c, *x.shape[2:]))
+            gx, gl, gh = g.split(c, 1)
+        else:
+            gx, gl, gh = (lin.transpose(s, v, x.shape) for v in (w, wp, wn))
+        return (gx * x).sub_(gl * low).sub_(gh * high)
+
+    @staticmethod
+    def _bound_term(lin: _Linear, low: Tensor, high: Tensor, wp: Tensor, wn: Tensor, x: Tensor) -> Tensor:
+        """``l w+ + h w-`` summed over each output's inputs. Bounds that are one number per
+        image (or the same for every image) are convolved once, on one image: a constant
+        image still needs the convolution, since zero padding makes the borders differ."""
+        one = (1, *x.shape[1:])
+        per_image = all(n == 1 for n in low.shape[1:]) and all(n == 1 for n in high.shape[1:])
+        if per_image and low.dim() == x.dim() and high.dim() == x.dim():
+            ones = x.new_ones(one)
+            lw, hw = lin.forward(ones, wp), lin.forward(ones, wn)
+            pad = (1,) * (lw.dim() - 1)
+            return lw * low.reshape(-1, *pad) + hw * high.reshape(-1, *pad)
+        if low.dim() == x.dim() and high.dim() == x.dim() and low.shape[0] == 1 and high.shape[0] == 1:
+            return lin.forward(low.expand(one), wp) + lin.forward(high.expand(one), wn)
+        return lin.forward(low.expand_as(x), wp) + lin.forward(high.expand_as(x), wn)
 
 
 def _vjp(fn: Callable[[Tensor], Tensor], x: Tensor, s: Tensor) -> Tensor:
@@ -358,20 +380,20 @@ class Sum(Rule):
             for k, x in zip(live, parts):
                 out[k] = (x * s).sum_to_size(x.shape)
             return out
-        z = parts[0]
-        for x in parts[1:]:
+        z = parts[0] + parts[1]
+        for x in parts[2:]:
             z = z + x
-        one = z.new_ones(())
-        sign = torch.where(z >= 0, one, -one)
-        nums = [(x.abs() * sign).add_(x) for x in parts]  # twice the part of each operand with the sum's sign
-        den = nums[0]
-        for num in nums[1:]:
+        sign = z.ge_(0).to(R.dtype).mul_(2).sub_(1)  # +1 where the sum is >= 0, else -1 (z is done)
+        # twice the part of each operand with the sum's sign (in place unless it broadcasts)
+        nums = [x.abs().mul_(sign).add_(x) if x.shape == sign.shape else (x.abs() * sign).add_(x) for x in parts]
+        den = nums[0] + nums[1]
+        for num in nums[2:]:
             den = den + num
-        s = safe_div(R, den)
         even = den == 0  # every operand 0: equal shares
         spread = bool(even.any())
+        s = torch.div(R, den, out=den).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
         for k, x, num in zip(live, parts, nums):
-            share = num.mul_(s)
+            share = num.mul_(s) if num.shape == s.shape else num * s
             if spread:
                 share = torch.where(even, R / len(parts), share)
             out[k] = share.sum_to_size(x.shape)

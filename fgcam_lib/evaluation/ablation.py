@@ -39,7 +39,8 @@ from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from . import metrics as M
-from ..methods.base import Explainer, resolve_target
+from ..methods.base import Explainer
+from ..methods.components import TopComponents
 from ..methods.fgcam import FGCAM, denoise
 from ..methods.registry import is_input_layer
 from .stats import bootstrap_ci, mean_ci
@@ -301,22 +302,14 @@ def fgcam_maps(
         fg._check_position(p, str(layer))
 
     def source(x: Tensor, target: Tensor) -> list[MapSet]:
-        bound = fg._bound()
-        if components is None:
-            I, _, tgt, _, trace = fg.components_at_top(x, target, keep_from=positions, bound=bound)
-        else:
-            with torch.no_grad():
-                trace = fg._trace(x, fg.component_position, positions, keep=[fg.component_position], bound=bound)
-                tgt = resolve_target(target, trace.out)
-            I = components(x, tgt)
-        I = I.detach()
+        top = TopComponents(fg, x, target, lowest=list(layers), source=components)
         out = []
         for name, rank in variants.items():
-            Ir = I if rank is None else denoise_to_rank(I, int(rank))
-            R = fg.propagate(trace, Ir, fg.component_position, positions, bound)
-            for layer, p in zip(layers, positions):
+            Ir = top.components if rank is None else denoise_to_rank(top.components, int(rank))
+            R = top.propagate(Ir, layers)
+            for layer in layers:
                 s = signed(name, layer)
-                m = R[p].sum(1)
+                m = R[layer].sum(1)
                 out.append(MapSet({"method": name, "layer": layer_key(layer), "rank": rank,
                                    **dict((keys or {}).get(name, {}))}, m if s else m.clamp(min=0), s))
         return out

@@ -306,14 +306,14 @@ class AblatedFGCAM(FGCAM):
         self.ablation, self.seed = weights, seed
 
     def components_at_top(self, x: Tensor, target: Target = None, keep_from: int | None = None, bound=None):
-        """Step 1 with replaced weights: ``(w' * A_L [denoised], w', target, logits, trace)``."""
-        _, w, tgt, logits, trace = super().components_at_top(x, target, keep_from, bound)
-        A = trace.acts[self.component_position].detach()
-        w2 = ablate_weights(w.detach(), self.ablation, self.seed)
+        """Step 1 with replaced weights: ``w' * A_L`` (denoised when set) and ``w'``."""
+        step = super().components_at_top(x, target, keep_from, bound)
+        A = step.trace.acts[self.component_position].detach()
+        w2 = ablate_weights(step.weights.detach(), self.ablation, self.seed)
         I = w2[:, :, None, None] * A
         if self.denoise is not None:
             I = denoise(I, self.denoise)
-        return I, w2, tgt, logits, trace
+        return step._replace(components=I, weights=w2)
 
 
 def runner_up(model: nn.Module, x: Tensor) -> Tensor:

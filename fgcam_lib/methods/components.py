@@ -20,11 +20,11 @@ propagations sum to ``IR(I_L)`` at every layer. Two splits are useful:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 
-from .base import LayerSpec, Target
+from .base import LayerSpec, Target, resolve_target
 from .fgcam import FGCAM, denoise, denoise_rank
 from ..engine.walk import Trace, eval_mode
 
@@ -107,14 +107,18 @@ def _repeat_trace(trace: Trace, times: int) -> Trace:
 class TopComponents:
     """FG-CAM's step 1 on a batch, kept with its forward trace so that any components can
     be pushed down with the explainer's rules: ``I_L`` itself, an edit of it, or its
-    channels one at a time.
+    channels one at a time. The one handle on step 1 for code outside the explainer.
 
     Args:
         fg: the FG-CAM explainer (its base CAM, rules and component layer are used; its
             ``denoise`` setting decides whether :attr:`components` is denoised).
         x: B x 3 x H x W, normalised.
         target: None (predicted class), an int or one class per image.
-        lowest: the shallowest layer anything will be propagated to (default: the input).
+        lowest: the shallowest layer anything will be propagated to (default: the input),
+            or a list of layers: the trace then keeps what walks to each of them read.
+        source: ``source(x, target) -> B x C x H x W`` replaces step 1's components (e.g.
+            Score-CAM components computed on a copy of the model); the forward then runs
+            without gradients and :attr:`weights` is None.
 
     Attributes: ``components`` (I_L, B x C x H x W), ``weights`` (B x C), ``target`` (B),
     ``logits`` (B x classes), ``trace``.
@@ -123,16 +127,29 @@ class TopComponents:
     fg: FGCAM
     x: Tensor
     target: Target = None
-    lowest: LayerSpec = "input"
+    lowest: LayerSpec | Sequence[LayerSpec] = "input"
+    source: Callable[[Tensor, Tensor], Tensor] | None = None
 
     def __post_init__(self) -> None:
-        self._lowest = self.fg.graph.position(self.lowest)
-        with eval_mode(self.fg.model):
-            self._bound = self.fg._bound()
-            I, w, tgt, logits, trace = self.fg.components_at_top(self.x, self.target, keep_from=self._lowest,
-                                                                 bound=self._bound)
-        self.components, self.weights = I.detach(), w.detach()
-        self.target, self.logits, self.trace = tgt, logits, trace
+        graph, fg = self.fg.graph, self.fg
+        lowest = [self.lowest] if isinstance(self.lowest, (int, str)) else list(self.lowest)
+        self._lowest = [graph.position(spec) for spec in lowest]
+        self.weights: Tensor | None
+        with eval_mode(fg.model):
+            self._bound = fg.bound_rules()
+            if self.source is None:
+                step = fg.components_at_top(self.x, self.target, keep_from=self._lowest, bound=self._bound)
+                I, w, tgt, logits, trace = step
+                w = w.detach()
+            else:
+                with torch.no_grad():
+                    L = fg.component_position
+                    trace = fg.forward_for(self.x, L, self._lowest, keep=[L], bound=self._bound)
+                    logits = trace.out
+                    tgt = resolve_target(self.target, logits)
+                I, w = self.source(self.x, tgt), None
+        self.components, self.weights = I.detach(), w
+        self.target, self.logits, self.trace = tgt, logits.detach(), trace
 
     @property
     def channels(self) -> int:
@@ -151,7 +168,7 @@ class TopComponents:
             p = graph.position(spec)
             if not graph.reaches(p, self.fg.component_position):
                 raise ValueError(f"layer {spec!r} is {graph.where(p, self.fg.component_position)} the component layer")
-            if not graph.reaches(self._lowest, p):
+            if not any(graph.reaches(low, p) for low in self._lowest):
                 raise ValueError(f"layer {spec!r} is below {self.lowest!r}, the lowest layer kept in the trace")
             out.append((spec, p))
         return out

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from typing import Mapping, NamedTuple, Sequence
 
 import torch
 
@@ -48,6 +48,18 @@ def denoise(components: Tensor, fraction: float, add_mean: bool = False) -> Tens
     return out.reshape(B, C, H, W)
 
 
+class Step1(NamedTuple):
+    """FG-CAM's step 1 on a batch: the components ``I_L`` (B x C x H x W, denoised when the
+    explainer denoises), the CAM weights (B x C), the classes explained (B), the logits and
+    the forward trace the propagation reads."""
+
+    components: Tensor
+    weights: Tensor
+    target: Tensor
+    logits: Tensor
+    trace: Trace
+
+
 class _Propagating(Explainer):
     """Explainers that push relevance down with a rule preset."""
 
@@ -66,7 +78,7 @@ class _Propagating(Explainer):
         self.preset = get_preset(rules, mean, std)
         self.preset.check_keys(self.graph)
 
-    def _bound(self):
+    def bound_rules(self):
         """Rules per node, bound afresh each call (folded BN follows the current weights)."""
         return bind(self.preset, self.graph)
 
@@ -74,14 +86,14 @@ class _Propagating(Explainer):
                   bound=None) -> dict[int, Tensor]:
         """Push ``relevance`` (the shape of the activation at ``start``) down to ``positions``
         with this explainer's rules, one walk for all: ``{position: relevance}``."""
-        bound = self._bound() if bound is None else bound
+        bound = self.bound_rules() if bound is None else bound
         with torch.no_grad():
             return propagate(self.graph, bound, trace, relevance, plan(self.graph, bound, start, positions))
 
-    def _trace(self, x: Tensor, start: int, stops: Sequence[int], grad_at: Sequence[int] = (),
-               keep: Sequence[int] = (), bound=None) -> Trace:
+    def forward_for(self, x: Tensor, start: int, stops: Sequence[int], grad_at: Sequence[int] = (),
+                    keep: Sequence[int] = (), bound=None) -> Trace:
         """A forward keeping what a walk from ``start`` down to ``stops`` reads."""
-        walk = plan(self.graph, self._bound() if bound is None else bound, start, stops)
+        walk = plan(self.graph, self.bound_rules() if bound is None else bound, start, stops)
         return forward(self.graph, x, keep=set(walk.keep) | set(keep), grad_at=grad_at)
 
 
@@ -137,15 +149,15 @@ class FGCAM(_Propagating):
             )
 
     def components_at_top(self, x: Tensor, target: Target = None, keep_from: int | Sequence[int] | None = None,
-                          bound=None):
-        """Step 1 (+ denoising): ``(I_L, weights, target, logits, trace)``; I_L is B x C x H x W.
+                          bound=None) -> Step1:
+        """Step 1 (+ denoising): ``Step1(I_L, weights, target, logits, trace)``; I_L is B x C x H x W.
 
         ``keep_from``: the position(s) anything will later be propagated down to (default: none).
         """
         L = self.component_position
         grad = self.base in GRADIENT_WEIGHTS
         stops = [L] if keep_from is None else ([keep_from] if isinstance(keep_from, int) else list(keep_from))
-        trace = self._trace(x, L, stops, grad_at=[L] if grad else (), keep=[L], bound=bound)
+        trace = self.forward_for(x, L, stops, grad_at=[L] if grad else (), keep=[L], bound=bound)
         logits = trace.out
         tgt = resolve_target(target, logits.detach())
         A = trace.acts[L]
@@ -165,13 +177,13 @@ class FGCAM(_Propagating):
         I = w[:, :, None, None] * A
         if self.denoise is not None:
             I = denoise(I, self.denoise)
-        return I, w, tgt, logits.detach(), trace
+        return Step1(I, w, tgt, logits.detach(), trace)
 
     def _explain(self, x, target, positions):
-        bound = self._bound()
-        I, w, tgt, logits, trace = self.components_at_top(x, target, keep_from=positions, bound=bound)
-        R = self.propagate(trace, I, self.component_position, positions, bound)
-        return [R[p] for p in positions], tgt, logits, w
+        bound = self.bound_rules()
+        step = self.components_at_top(x, target, keep_from=positions, bound=bound)
+        R = self.propagate(step.trace, step.components, self.component_position, positions, bound)
+        return [R[p] for p in positions], step.target, step.logits, step.weights
 
 
 class LRP(_Propagating):
@@ -182,9 +194,9 @@ class LRP(_Propagating):
         return onehot * logits
 
     def _explain(self, x, target, positions):
-        bound = self._bound()
+        bound = self.bound_rules()
         with torch.no_grad():
-            trace = self._trace(x, self.graph.output, positions, bound=bound)
+            trace = self.forward_for(x, self.graph.output, positions, bound=bound)
             logits = trace.out
             tgt = resolve_target(target, logits)
             R0 = self.output_relevance(logits, tgt)

@@ -632,7 +632,7 @@ def singular_values_plot(
     (``floor(fraction * min(C, K))``, at least 1) are drawn in colour, the rest in
     grey, with the cut marked and the share of energy (sum of squares) kept.
 
-        >>> I, *_ = fg.components_at_top(x)
+        >>> I = TopComponents(fg, x).components
         >>> singular_values_plot(plt.gca(), I, fraction=0.1)
     """
     from ..methods.fgcam import denoise_rank

@@ -25,7 +25,7 @@ import io
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Hashable, NamedTuple, Sequence
+from typing import Any, Hashable, Sequence
 
 import torch
 from matplotlib.figure import Figure
@@ -34,9 +34,10 @@ from torch import nn
 from . import viz
 from ..methods.base import Explainer, Explanation
 from ..methods.cam import GradCAM, LayerCAM, ScoreCAM
+from ..methods.components import TopComponents
 from ..methods.fgcam import BASES, CLRP, FGCAM, LRP, SGLRP, denoise, denoise_rank
 from ..engine.graph import INPUT, graph_of
-from ..engine.walk import Trace, eval_mode, forward
+from ..engine.walk import eval_mode, forward
 
 __all__ = [
     "Explorer", "ExplorerFigure", "Settings", "METHODS", "RULES", "parse_method", "pool_layers", "fraction_choices",
@@ -80,16 +81,6 @@ class Settings:
     fraction: float = 0.1
     signed: bool = False
     k: int = 8
-
-
-class _Top(NamedTuple):
-    """FG-CAM's step 1 for one (image, class, base): I_L before denoising and the forward trace."""
-
-    components: Tensor
-    weights: Tensor
-    target: Tensor
-    logits: Tensor
-    trace: Trace
 
 
 # ------------------------------------------------------------------ helpers ------------
@@ -263,7 +254,7 @@ class Explorer:
         self.max_cached, self.display_dpi = max_cached, display_dpi
         self._explainers: dict[Hashable, Explainer] = {}
         self._probs: dict[int, Tensor] = {}
-        self._tops: OrderedDict[Hashable, _Top] = OrderedDict()
+        self._tops: OrderedDict[Hashable, TopComponents] = OrderedDict()
         self._results: OrderedDict[Hashable, Explanation] = OrderedDict()
 
     # -- images ---------------------------------------------------------------------
@@ -377,14 +368,14 @@ class Explorer:
         pos = {self.graph.position(layer) for layer in self.layers} | {extra}
         return sorted(p for p in pos if upto is None or self.graph.reaches(p, upto))
 
-    def _top(self, s: Settings, target: int, fg: FGCAM) -> _Top:
+    def _top(self, s: Settings, target: int, fg: FGCAM) -> TopComponents:
         """FG-CAM step 1, cached per (image, class, base); the rules do not enter it."""
         key = (s.image, target, s.base)
         if key not in self._tops:
             self.calls["top"] += 1
-            with torch.enable_grad(), eval_mode(self.model):
-                I, w, tgt, logits, trace = fg.components_at_top(self._input(s.image), target, keep_from=INPUT)
-            self._cache_put(self._tops, key, _Top(I.detach(), w.detach(), tgt, logits, trace), 2)
+            with torch.enable_grad():
+                top = TopComponents(fg, self._input(s.image), target)
+            self._cache_put(self._tops, key, top, 2)
         self._tops.move_to_end(key)
         return self._tops[key]
 
@@ -398,8 +389,10 @@ class Explorer:
         top = self._top(s, target, fg)
         I = denoise(top.components, s.fraction) if s.denoise else top.components
         self.calls["propagate"] += 1
-        R = fg.propagate(top.trace, I, L, self._positions(position, L))
-        return Explanation(R, top.target, top.logits, top.weights, {"top": top.components})
+        names = {p: self.graph.name(p) for p in self._positions(position, L)}
+        R = top.propagate(I, list(names.values()))
+        return Explanation({p: R[n] for p, n in names.items()}, top.target, top.logits, top.weights,
+                           {"top": top.components})
 
     def _other_explanation(self, s: Settings, target: int, position: int) -> Explanation:
         ex = self.explainer(s.method, s.base, s.rules)
