@@ -1,18 +1,27 @@
 # make test: set up .venv if missing, run pytest (library) and nbval (notebooks).
 # make demo: the main job, offline.
+# make lab:  JupyterLab on notebooks/, on 127.0.0.1 only; prints the URL to open.
 PY := .venv/bin/python
 VENV_STAMP := .venv/.installed
+LAB_PORT ?= 8888
 
-.PHONY: test test-lib test-notebooks demo venv bench
+.PHONY: test test-lib test-notebooks demo venv bench lab
 
 venv: $(VENV_STAMP)
 
+# The exact torch / torchvision the workbench is tested with are pinned here only;
+# pyproject.toml gives lower bounds so `pip install -e .` keeps an environment's own torch.
 $(VENV_STAMP): pyproject.toml
+	@echo "==> [1/4] .venv: creating it with python3 -m venv (skipped if it exists)"
 	test -x $(PY) || python3 -m venv .venv
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e ".[dev]"
+	@echo "==> [2/4] .venv: upgrading pip"
+	$(PY) -m pip install --upgrade pip
+	@echo "==> [3/4] .venv: torch==2.14.1 torchvision==0.29.1 (the first download is large; pip shows its progress)"
+	$(PY) -m pip install torch==2.14.1 torchvision==0.29.1
+	@echo "==> [4/4] .venv: fgcam_lib in editable mode with its dev and lab extras (pytest, nbval, JupyterLab, ...)"
+	$(PY) -m pip install -e ".[dev,lab]"
 	touch $(VENV_STAMP)
+	@echo "==> .venv ready: $(PY); the command line is .venv/bin/fgcam"
 
 test: venv
 	MPLBACKEND=agg FGCAM_QUICK=1 $(PY) -m pytest -q tests $(wildcard notebooks/*.ipynb) $(if $(wildcard notebooks/*.ipynb),--nbval-lax,)
@@ -25,3 +34,7 @@ demo: venv
 
 bench: venv
 	$(PY) benchmarks/bench_explain.py
+
+lab: venv
+	@echo "==> JupyterLab on notebooks/ at http://127.0.0.1:$(LAB_PORT)/lab (the URL with its token is printed below; Ctrl-C stops it)"
+	$(PY) -m jupyter lab --ServerApp.root_dir=notebooks --ServerApp.ip=127.0.0.1 --ServerApp.port=$(LAB_PORT) --ServerApp.open_browser=$(if $(LAB_BROWSER),True,False)
