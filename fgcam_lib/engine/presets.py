@@ -81,8 +81,23 @@ class Preset:
             raise ValueError(f"unknown rule keys {unknown}; use kinds {sorted(KINDS) + ['input']} or layer names")
         for k, v in self.rules.items():
             if not isinstance(v, Rule):
-                hint = f" (instantiate it: {v.__name__}())" if isinstance(v, type) else ""
-                raise TypeError(f"rules[{k!r}] must be a Rule such as ZPlus(), not {v!r}{hint}")
+                raise TypeError(f"rules[{k!r}] must be a Rule such as ZPlus(), not {v!r}{_rule_hint(v)}")
+
+
+def _rule_hint(value: Any) -> str:
+    """How to turn a rule given as a class or a name into a rule: ``" (use ZPlus())"``."""
+    if isinstance(value, type):
+        return f" (instantiate it: {value.__name__}())"
+    if isinstance(value, str):
+        from . import rules as _rules
+
+        key = value.replace("_", "").replace("-", "").replace("+", "plus").lower()
+        for name in dir(_rules):
+            obj = getattr(_rules, name)
+            if isinstance(obj, type) and issubclass(obj, Rule) and name.lower() == key:
+                return f" (rules are objects, not names: use {name}() from fgcam_lib)"
+        return " (rules are objects, not names: e.g. ZPlus(), Epsilon(0.25), ZBeta(); see fgcam_lib.engine.rules)"
+    return ""
 
 
 def _is_name(graph: Graph, key: str) -> bool:
