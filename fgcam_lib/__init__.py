@@ -28,9 +28,20 @@ def load_model(name: str, weights=None, device="cpu", pretrained: bool = True):
     return _load(name, weights=weights, device=device, pretrained=pretrained)
 
 
+def show(x, maps, preprocess=None, **kwargs):
+    """Each image with its map over it and a colourbar (a matplotlib Figure); see :func:`fgcam_lib.ui.viz.show`.
+
+        >>> maps = FGCAM(model)(preprocess(images), layer="input")
+        >>> show(preprocess(images), maps, preprocess)
+    """
+    from .ui.viz import show as _show  # lazily: matplotlib
+
+    return _show(x, maps, preprocess, **kwargs)
+
+
 __all__ = [
     "FGCAM", "GradCAM", "ScoreCAM", "GradCAMpp", "XGradCAM", "LayerCAM", "LRP", "CLRP", "SGLRP",
-    "Explainer", "Explanation", "denoise", "load_model", "coverage",
+    "Explainer", "Explanation", "denoise", "load_model", "coverage", "show",
     "Preset", "paper", "canonical",
     "ZPlus", "ZBeta", "Epsilon", "AlphaBeta", "Flat", "WSquare", "Pass", "PoolZ", "Sum", "Gate", "Route", "Split",
 ]
