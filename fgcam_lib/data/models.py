@@ -1,4 +1,10 @@
-"""Model loading: torchvision CNNs with their official weights, and the bundled benchmark model.
+"""Model loading: torchvision CNNs with their official weights, and the bundled benchmark models.
+
+Three bundled architectures, trained on the synthetic scenes by ``python -m fgcam_lib.data.train``:
+``"bundled"`` (:class:`BundledVGG`: VGG16-BN features, global pool, one linear layer),
+``"bundled_vgg16bn_fc"`` (:class:`BundledVGGFC`: the same features with torchvision VGG's
+three-layer classifier) and ``"bundled_resnet"`` (:class:`BundledResNet`: torchvision's
+``ResNet`` / ``BasicBlock`` at reduced width, module paths as on ``resnet18``).
 
 ``load_model(name) -> (model, preprocess)``; the model is in eval mode. Weights are never
 silently random: a missing file raises :class:`WeightsNotFoundError` with the path(s)
@@ -15,9 +21,11 @@ from typing import Any, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torchvision.models.resnet import BasicBlock, ResNet
 
 __all__ = [
-    "BundledVGG", "Preprocess", "WeightsNotFoundError", "load_model", "model_card", "bundled_classes",
+    "BundledVGG", "BundledVGGFC", "BundledResNet", "BUNDLED_MODELS", "build_bundled", "bundled_paths",
+    "Preprocess", "WeightsNotFoundError", "load_model", "model_card", "bundled_classes",
     "VGG16_CFG", "TORCHVISION_VGGS", "TORCHVISION_CNNS", "MODEL_NAMES", "BUNDLED_CHECKPOINT", "BUNDLED_CARD",
     "IMAGENET_MEAN", "IMAGENET_STD",
 ]
@@ -41,7 +49,13 @@ TORCHVISION_CNNS: tuple[str, ...] = TORCHVISION_VGGS + (
     "wide_resnet50_2", "densenet121", "densenet169", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large",
     "efficientnet_b0", "convnext_tiny", "regnet_y_400mf",
 )
-MODEL_NAMES: tuple[str, ...] = ("bundled",) + TORCHVISION_CNNS
+#: bundled model name -> checkpoint file name under data/ (the card is the same name with .json)
+BUNDLED_MODELS: dict[str, str] = {
+    "bundled": "bundled_vgg16bn.pt",
+    "bundled_vgg16bn_fc": "bundled_vgg16bn_fc.pt",
+    "bundled_resnet": "bundled_resnet.pt",
+}
+MODEL_NAMES: tuple[str, ...] = tuple(BUNDLED_MODELS) + TORCHVISION_CNNS
 
 
 def _torchvision_classifiers() -> list[str]:
@@ -72,18 +86,8 @@ class BundledVGG(nn.Module):
 
     def __init__(self, cfg: Sequence[int | str] | None = None, n_classes: int = 8, dropout: float = 0.2) -> None:
         super().__init__()
-        cfg = list(cfg) if cfg is not None else scaled_cfg(8)
-        layers: list[nn.Module] = []
-        c_in = 3
-        for c in cfg:
-            if c == "M":
-                layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
-            else:
-                layers += [nn.Conv2d(c_in, int(c), kernel_size=3, padding=1), nn.BatchNorm2d(int(c)),
-                           nn.ReLU(inplace=True)]
-                c_in = int(c)
-        self.cfg = cfg
-        self.features = nn.Sequential(*layers)
+        self.cfg = list(cfg) if cfg is not None else scaled_cfg(8)
+        self.features, c_in = _vgg_features(self.cfg)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(c_in, n_classes))
         for m in self.modules():
@@ -103,6 +107,124 @@ class BundledVGG(nn.Module):
         x = self.avgpool(x)
         x = torch.flatten(x, 1)
         return self.classifier(x)
+
+
+def _vgg_features(cfg: Sequence[int | str]) -> tuple[nn.Sequential, int]:
+    """conv3x3 -> BN -> ReLU(inplace) per width, MaxPool2d(2) per "M"; returns (features, last width)."""
+    layers: list[nn.Module] = []
+    c_in = 3
+    for c in cfg:
+        if c == "M":
+            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+        else:
+            layers += [nn.Conv2d(c_in, int(c), kernel_size=3, padding=1), nn.BatchNorm2d(int(c)),
+                       nn.ReLU(inplace=True)]
+            c_in = int(c)
+    return nn.Sequential(*layers), c_in
+
+
+class BundledVGGFC(nn.Module):
+    """VGG16-BN features (as :class:`BundledVGG`) with torchvision VGG's own classifier structure.
+
+    ``features``: indices 0-43 exactly as ``BundledVGG``; ``avgpool``:
+    ``AdaptiveAvgPool2d(pool)``; flatten; ``classifier``: Linear, ReLU, Dropout, Linear,
+    ReLU, Dropout, Linear (indices 0-6 as in torchvision's ``VGG``). torchvision pools to
+    7 x 7, the size of ``features[43]`` at 224 px, so its pool is the identity there; the
+    default ``pool=3`` is that size at 96 px. ``hidden=512`` is torchvision's 4096 divided
+    by the width divisor 8.
+
+    >>> m = BundledVGGFC().eval()
+    >>> m(torch.zeros(1, 3, 96, 96)).shape
+    torch.Size([1, 8])
+    """
+
+    def __init__(self, cfg: Sequence[int | str] | None = None, n_classes: int = 8, pool: int = 3,
+                 hidden: int = 512, dropout: float = 0.5) -> None:
+        super().__init__()
+        self.cfg = list(cfg) if cfg is not None else scaled_cfg(8)
+        self.features, c_last = _vgg_features(self.cfg)
+        self.avgpool = nn.AdaptiveAvgPool2d((pool, pool))
+        self.classifier = nn.Sequential(
+            nn.Linear(c_last * pool * pool, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
+            nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
+            nn.Linear(hidden, n_classes))
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                # He init keeps the signal's scale through two narrow ReLU layers (torchvision's
+                # N(0, 0.01) suits 4096 wide layers, not 512); the last layer starts small
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+        nn.init.normal_(self.classifier[6].weight, 0, 0.01)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """B x 3 x S x S -> B x n_classes."""
+        x = self.features(x)
+        x = self.avgpool(x)
+        x = torch.flatten(x, 1)
+        return self.classifier(x)
+
+
+class BundledResNet(ResNet):
+    """torchvision's ``ResNet`` with ``BasicBlock`` at reduced width (``resnet18`` layout by default).
+
+    Module paths are those of ``torchvision.models.resnet18``: ``conv1, bn1, relu, maxpool,
+    layer1..layer4`` (each of ``BasicBlock``\ s, ``layerN.0.downsample`` where the shape
+    changes), ``avgpool, fc``; ``forward`` is torchvision's. ``widths`` replaces 64, 128,
+    256, 512. At 96 px ``layer1..layer4`` give 24, 12, 6, 3 pixel maps (1/4 .. 1/32).
+
+    >>> m = BundledResNet().eval()
+    >>> m(torch.zeros(1, 3, 96, 96)).shape
+    torch.Size([1, 8])
+    """
+
+    def __init__(self, widths: Sequence[int] = (16, 32, 64, 128), blocks: Sequence[int] = (2, 2, 2, 2),
+                 n_classes: int = 8) -> None:
+        nn.Module.__init__(self)  # ResNet.__init__ hard-codes the widths: set up the same modules here
+        w = [int(c) for c in widths]
+        self.widths, self.blocks = w, [int(b) for b in blocks]
+        self._norm_layer = nn.BatchNorm2d
+        self.inplanes, self.dilation, self.groups, self.base_width = w[0], 1, 1, 64
+        self.conv1 = nn.Conv2d(3, w[0], kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(w[0])
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.layer1 = self._make_layer(BasicBlock, w[0], self.blocks[0])
+        self.layer2 = self._make_layer(BasicBlock, w[1], self.blocks[1], stride=2)
+        self.layer3 = self._make_layer(BasicBlock, w[2], self.blocks[2], stride=2)
+        self.layer4 = self._make_layer(BasicBlock, w[3], self.blocks[3], stride=2)
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(w[3] * BasicBlock.expansion, n_classes)
+        for m in self.modules():  # torchvision's initialisation
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.constant_(m.weight, 1)
+                nn.init.constant_(m.bias, 0)
+
+
+def build_bundled(name: str, n_classes: int = 8, **kwargs: Any) -> nn.Module:
+    """A bundled architecture by name with random weights; ``kwargs`` go to its constructor.
+
+    >>> build_bundled("bundled_resnet", widths=(8, 16, 32, 64)).fc.in_features
+    64
+    """
+    classes: dict[str, type[nn.Module]] = {
+        "bundled": BundledVGG, "bundled_vgg16bn_fc": BundledVGGFC, "bundled_resnet": BundledResNet}
+    if name not in classes:
+        raise ValueError(f"unknown bundled architecture {name!r}; one of {', '.join(classes)}")
+    return classes[name](n_classes=n_classes, **kwargs)
+
+
+def bundled_paths(name: str) -> tuple[Path, Path]:
+    """(checkpoint, card) default paths of a bundled model under data/."""
+    ckpt = DATA_DIR / BUNDLED_MODELS[name]
+    return ckpt, ckpt.with_suffix(".json")
 
 
 class Preprocess:
@@ -208,22 +330,40 @@ def _read_card(card_path: Path) -> dict[str, Any]:
         return json.load(f)
 
 
-def _load_bundled(weights: str | os.PathLike | None) -> tuple[nn.Module, Preprocess]:
-    ckpt_path = BUNDLED_CHECKPOINT if weights in (None, "random") else Path(weights)
+def _arch_from_card(card: dict[str, Any], default: str) -> tuple[str, dict[str, Any]]:
+    """(architecture name, constructor kwargs) a card describes; old cards hold only cfg/dropout."""
+    arch = card.get("arch", default)
+    if "arch_kwargs" in card:
+        return arch, dict(card["arch_kwargs"])
+    return arch, {"cfg": card["cfg"], "dropout": card.get("dropout", 0.2)}
+
+
+def _missing_bundled(name: str, ckpt_path: Path) -> WeightsNotFoundError:
+    if name == "bundled":
+        how = f"`python -m fgcam_lib.data.train --out {ckpt_path}`"
+    else:
+        how = f"`python -m fgcam_lib.data.train --recipe {name}`"
+    return WeightsNotFoundError(f"weights of {name!r} not found at {ckpt_path}; train them with {how} "
+                                f"(see TRAINING.md), or use weights='random'.")
+
+
+def _load_bundled(name: str, weights: str | os.PathLike | None) -> tuple[nn.Module, Preprocess]:
+    default_ckpt, default_card = bundled_paths(name)
+    ckpt_path = default_ckpt if weights in (None, "random") else Path(weights)
     card_path = ckpt_path.with_suffix(".json")
     if weights == "random":
         card = _read_card(card_path) if card_path.is_file() else {
-            "cfg": scaled_cfg(8), "classes": _scene_classes(), "input_size": 96,
+            "arch": name, "arch_kwargs": {}, "classes": _scene_classes(), "input_size": 96,
             "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
-        model = BundledVGG(card["cfg"], n_classes=len(card["classes"]))
+        arch, kwargs = _arch_from_card(card, name)
+        model = build_bundled(arch, n_classes=len(card["classes"]), **kwargs)
     else:
         if not ckpt_path.is_file():
-            raise WeightsNotFoundError(
-                f"bundled checkpoint not found at {ckpt_path}; train it with "
-                f"`python -m fgcam_lib.data.train --out {ckpt_path}` (see TRAINING.md), or use weights='random'.")
+            raise _missing_bundled(name, ckpt_path)
         blob = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         card = blob["card"] if "card" in blob else _read_card(card_path)
-        model = BundledVGG(card["cfg"], n_classes=len(card["classes"]), dropout=card.get("dropout", 0.2))
+        arch, kwargs = _arch_from_card(card, name)
+        model = build_bundled(arch, n_classes=len(card["classes"]), **kwargs)
         model.load_state_dict(blob["state_dict"])
     model.card = card  # type: ignore[attr-defined]
     return model, Preprocess(card["input_size"], card["mean"], card["std"])
@@ -240,7 +380,7 @@ def load_model(name: str, weights: str | os.PathLike | None = None, device: str 
     """Load a model by name; returns ``(model in eval mode on device, preprocess)``.
 
     Args:
-        name: "bundled" or a torchvision classifier (``TORCHVISION_CNNS`` are tested:
+        name: a bundled model ("bundled", "bundled_vgg16bn_fc", "bundled_resnet") or a torchvision classifier (``TORCHVISION_CNNS`` are tested:
             VGGs, ResNets, DenseNets, MobileNets, EfficientNet, ConvNeXt, ...).
         weights: None (default location: data/ for "bundled", the torch hub cache for
             torchvision models; VGGs take the paper's IMAGENET1K_V1 weights, others their
@@ -254,8 +394,8 @@ def load_model(name: str, weights: str | os.PathLike | None = None, device: str 
     """
     if not pretrained:
         weights = "random"
-    if name == "bundled":
-        model, preprocess = _load_bundled(weights)
+    if name in BUNDLED_MODELS:
+        model, preprocess = _load_bundled(name, weights)
     elif name in TORCHVISION_CNNS or name in _torchvision_classifiers():
         model, preprocess = _load_torchvision(name, weights)
     else:

@@ -1,0 +1,95 @@
+"""Tests of the training script: the config, checkpoints and resumption."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from fgcam_lib.data.train import (RECIPES, TINY, OneCycle, TrainConfig, TrainingStopped, checkpoint_path,
+                                  load_checkpoint, main, parse_config, train)
+
+ARCHS = ("bundled", "bundled_vgg16bn_fc", "bundled_resnet")
+
+
+def _tiny(tmp_path: Path, name: str, **over: object) -> TrainConfig:
+    # two epochs of three steps, so a resume crosses an epoch boundary
+    base = {**TINY, "epochs": 2, "out": tmp_path / name / "m.pt", "threads": 1, "log_steps": 0, **over}
+    return TrainConfig.from_dict(base)
+
+
+def test_config_round_trips_through_dict_and_json(tmp_path: Path) -> None:
+    for over in ({}, RECIPES["bundled_resnet"], RECIPES["bundled_vgg16bn_fc"], TINY):
+        cfg = TrainConfig.from_dict({**over, "cache": tmp_path, "ckpt": tmp_path / "x.ckpt"})
+        assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+def test_config_rejects_unknown_fields() -> None:
+    with pytest.raises(ValueError, match="nope"):
+        TrainConfig.from_dict({"nope": 1})
+
+
+def test_command_line_parses_into_config() -> None:
+    cfg = parse_config(["--recipe", "bundled_resnet", "--threads", "1", "--widths", "8", "16", "32", "64"])
+    assert cfg.arch == "bundled_resnet" and cfg.size == 96 and cfg.minutes == RECIPES["bundled_resnet"]["minutes"]
+    assert cfg.threads == 1 and cfg.widths == (8, 16, 32, 64)  # explicit flags win over the recipe
+    assert parse_config(["--tiny"]).size == TINY["size"]
+    assert parse_config([]) == TrainConfig()
+    assert parse_config(["--resume"]).resume is True
+
+
+def test_the_bundled_recipe_defaults_stay() -> None:
+    # the committed bundled_vgg16bn card was made with these (TRAINING.md passes the rest)
+    cfg = TrainConfig()
+    assert (cfg.arch, cfg.width_div, cfg.dropout, cfg.wd, cfg.lr, cfg.n_val) == ("bundled", 8, 0.2, 5e-4, 2e-3, 300)
+    assert cfg.arch_kwargs()["cfg"][-2] == 64
+
+
+def test_one_cycle_by_steps_and_by_time() -> None:
+    s = OneCycle(1e-3, total_steps=100)
+    assert s.lr(0, 0.0) == pytest.approx(5e-5) and s.lr(10, 0.0) == pytest.approx(1e-3)
+    assert s.done(100, 0.0) and not s.done(99, 0.0)
+    t = OneCycle(1e-3, total_steps=10 ** 6, budget_seconds=60.0)
+    assert t.done(1, 60.0) and t.progress(0, 30.0) == 0.5
+    u = OneCycle(0.0, 1)
+    u.load_state_dict(t.state_dict())
+    assert u.state_dict() == t.state_dict()
+
+
+@pytest.mark.parametrize("arch", ["bundled_resnet", "bundled"])
+def test_stopped_and_resumed_run_equals_uninterrupted_run(tmp_path: Path, arch: str) -> None:
+    ref_cfg = _tiny(tmp_path, "ref", arch=arch)
+    ref = train(ref_cfg)
+    # killed after 5 steps, checkpoints at steps 2, 3 (epoch end) and 4: step 5 is redone mid-epoch
+    cut = _tiny(tmp_path, "cut", arch=arch, ckpt_steps=2, stop_after=5)
+    with pytest.raises(TrainingStopped):
+        train(cut)
+    state = load_checkpoint(checkpoint_path(cut))
+    assert state["state"]["step"] == 4 and state["state"]["epoch"] == 1 and state["state"]["k"] == 1
+    assert state["scene_seed"] == cut.seed and set(state) >= {"model", "opt", "sched", "gen", "torch_rng"}
+    resumed = train(TrainConfig.from_dict({**cut.to_dict(), "stop_after": 0, "resume": True}))
+    a = torch.load(ref_cfg.out, weights_only=True)["state_dict"]
+    b = torch.load(cut.out, weights_only=True)["state_dict"]
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert resumed["fingerprint"] == ref["fingerprint"] and resumed["resumes"] == 1
+    assert [h["loss"] for h in resumed["history"]] == pytest.approx([h["loss"] for h in ref["history"]])
+
+
+def test_resume_of_a_finished_run_only_rewrites_the_card(tmp_path: Path) -> None:
+    cfg = _tiny(tmp_path, "done", epochs=1)
+    first = train(cfg)
+    again = train(TrainConfig.from_dict({**cfg.to_dict(), "resume": True, "epochs": 5}))  # recipe: checkpoint's
+    assert again["steps"] == first["steps"] and again["fingerprint"] == first["fingerprint"]
+
+
+def test_command_line_run_writes_card_and_state(tmp_path: Path) -> None:
+    out = tmp_path / "cli" / "m.pt"
+    card = main(["--tiny", "--arch", "bundled_vgg16bn_fc", "--out", str(out), "--threads", "1", "--log-steps", "0"])
+    on_disk = json.loads(out.with_suffix(".json").read_text())
+    assert on_disk["fingerprint"] == card["fingerprint"] and on_disk["arch"] == "bundled_vgg16bn_fc"
+    assert on_disk["command"].startswith("python -m fgcam_lib.data.train --tiny")
+    assert Path(str(out) + ".ckpt").is_file()
+    assert on_disk["train_config"]["hidden"] == TINY["hidden"]
