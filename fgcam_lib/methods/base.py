@@ -49,7 +49,8 @@ PIXEL_RANGE_LIMIT = 10.0
 
 def _check_signed(signed: object) -> None:
     # a truthy string such as "no" would silently keep the sign
-    if not (isinstance(signed, bool) or type(signed).__name__ == "bool_"):
+    numpy_bool = type(signed).__module__ == "numpy" and type(signed).__name__ in ("bool", "bool_")
+    if not (isinstance(signed, bool) or numpy_bool):
         raise TypeError(f"signed must be True or False, not {signed!r}")
 
 
