@@ -1,4 +1,4 @@
-"""Tests of model loading, the bundled architecture, its checkpoint and the training script."""
+"""Tests of model loading, the bundled architectures, their checkpoints and the training script."""
 from __future__ import annotations
 
 import json
@@ -10,8 +10,9 @@ import torch.nn as nn
 import torchvision
 
 from fgcam_lib.data import models
-from fgcam_lib.data.models import (BUNDLED_CHECKPOINT, BundledVGG, Preprocess, WeightsNotFoundError, load_model,
-                              model_card, scaled_cfg)
+from fgcam_lib.data.models import (BUNDLED_CHECKPOINT, BUNDLED_MODELS, BundledResNet, BundledVGG, BundledVGGFC,
+                                   Preprocess, WeightsNotFoundError, bundled_paths, load_model, model_card,
+                                   scaled_cfg)
 from fgcam_lib.data.scenes import CLASSES, SyntheticScenes
 
 
@@ -117,7 +118,7 @@ def test_training_script_tiny_epoch(tmp_path: Path) -> None:
     model, pre = load_model("bundled", weights=out)
     assert pre.size == card["input_size"] == 32
     assert model(pre(torch.rand(1, 3, 32, 32))).shape == (1, len(CLASSES))
-    assert (tmp_path / "tiny.pt.epochs" / "epoch_01.pt").is_file()
+    assert (tmp_path / "tiny.pt.ckpt").is_file()  # the resumable training state
 
 
 def test_pairs_metric() -> None:
@@ -144,3 +145,120 @@ def test_bundled_checkpoint_reproduces_card_accuracy() -> None:
     assert acc > 0.8, "bundled model is not trained"
     assert abs(acc - card["test_accuracy_first200"]) <= 0.02
     assert abs(acc - card["test_accuracy"]) <= 0.06
+
+
+# ------------------------------------------------------------ the two new architectures --
+def test_bundled_resnet_paths_are_resnet18s() -> None:
+    ours = BundledResNet()
+    with torch.device("meta"):
+        ref = torchvision.models.resnet18(weights=None, num_classes=len(CLASSES))
+    assert [n for n, _ in ours.named_modules()] == [n for n, _ in ref.named_modules()]
+    assert [type(m) for m in ours.modules()][1:] == [type(m) for m in ref.modules()][1:]
+    assert [n for n, _ in ours.named_children()] == ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2",
+                                                     "layer3", "layer4", "avgpool", "fc"]
+    assert all(isinstance(b, torchvision.models.resnet.BasicBlock) for n in range(1, 5)
+               for b in getattr(ours, f"layer{n}"))
+    assert isinstance(ours, torchvision.models.ResNet)
+    assert [getattr(ours, f"layer{n}")[0].conv1.out_channels for n in range(1, 5)] == [16, 32, 64, 128]
+
+
+def test_bundled_resnet_stage_sizes_at_96px() -> None:
+    model = BundledResNet().eval()
+    x = torch.randn(2, 3, 96, 96)
+    sizes = []
+    with torch.no_grad():
+        h = model.maxpool(model.relu(model.bn1(model.conv1(x))))
+        for n in range(1, 5):
+            h = getattr(model, f"layer{n}")(h)
+            sizes.append(tuple(h.shape[1:]))
+        logits = model.fc(torch.flatten(model.avgpool(h), 1))
+    assert sizes == [(16, 24, 24), (32, 12, 12), (64, 6, 6), (128, 3, 3)]  # 1/4, 1/8, 1/16, 1/32
+    assert torch.allclose(model(x), logits) and logits.shape == (2, len(CLASSES))
+
+
+def test_bundled_vgg_fc_layout() -> None:
+    ours = BundledVGGFC()
+    plain = BundledVGG(scaled_cfg(8))
+    assert [type(m) for m in ours.features] == [type(m) for m in plain.features]
+    assert [(k, v.shape) for k, v in ours.features.state_dict().items()] == \
+        [(k, v.shape) for k, v in plain.features.state_dict().items()]
+    with torch.device("meta"):
+        ref = torchvision.models.vgg16_bn(weights=None)
+    assert [type(m) for m in ours.classifier] == [type(m) for m in ref.classifier]  # Linear, ReLU, Dropout x 2, Linear
+    assert [n for n, _ in ours.named_children()] == ["features", "avgpool", "classifier"]
+    assert isinstance(ours.avgpool, nn.AdaptiveAvgPool2d) and ours.avgpool.output_size == (3, 3)
+    names = {n for n, _ in ours.named_modules()}
+    assert {"features.43", "avgpool"} | {f"classifier.{i}" for i in range(7)} <= names
+    assert (ours.classifier[0].in_features, ours.classifier[0].out_features) == (64 * 9, 512)
+    assert ours.classifier[6].out_features == len(CLASSES)
+    x = torch.randn(2, 3, 96, 96)
+    assert ours.features(x).shape == (2, 64, 3, 3)
+    assert ours.eval()(x).shape == (2, len(CLASSES))
+
+
+@pytest.mark.parametrize("name", ["bundled_vgg16bn_fc", "bundled_resnet"])
+def test_new_bundled_models_checkpoint_size_and_random_forward(name: str) -> None:
+    model, pre = load_model(name, weights="random")
+    assert not model.training and pre.size == 96
+    assert model(pre(torch.rand(3, 3, 80, 100))).shape == (3, len(CLASSES))
+    n_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    assert n_bytes < 5e6, n_bytes  # the checkpoint is the state dict plus a small card
+
+
+@pytest.mark.parametrize("name", ["bundled_vgg16bn_fc", "bundled_resnet"])
+def test_new_bundled_models_missing_weights_one_line_error(name: str, tmp_path: Path) -> None:
+    for weights in (tmp_path / "nope.pt",) + ((None,) if not bundled_paths(name)[0].is_file() else ()):
+        with pytest.raises(WeightsNotFoundError) as info:
+            load_model(name, weights=weights)
+        msg = str(info.value)
+        assert "\n" not in msg and f"python -m fgcam_lib.data.train --recipe {name}" in msg
+
+
+def test_bundled_names_are_model_names() -> None:
+    assert set(BUNDLED_MODELS) <= set(models.MODEL_NAMES)
+    assert bundled_paths("bundled")[0] == BUNDLED_CHECKPOINT
+
+
+@pytest.mark.parametrize("arch", ["bundled_resnet", "bundled_vgg16bn_fc"])
+def test_tiny_trained_new_arch_loads_by_its_card(arch: str, tmp_path: Path) -> None:
+    from fgcam_lib.data.train import main
+
+    out = tmp_path / "m.pt"
+    card = main(["--tiny", "--arch", arch, "--out", str(out), "--threads", "1", "--log-steps", "0"])
+    model, pre = load_model(arch, weights=out)
+    assert type(model).__name__ == {"bundled_resnet": "BundledResNet", "bundled_vgg16bn_fc": "BundledVGGFC"}[arch]
+    assert model_card(model)["fingerprint"] == card["fingerprint"] and pre.size == 32
+
+
+def _zero_shifts(model: nn.Module) -> nn.Module:
+    """No biases and no BN shifts (so conservation holds to round-off), positive BN scales."""
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None:
+                m.bias.zero_()
+            elif isinstance(m, nn.BatchNorm2d):
+                m.running_mean.zero_()
+                m.bias.zero_()
+                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+    return model.eval()
+
+
+@pytest.mark.parametrize("name,component", [("bundled_resnet", "layer4"), ("bundled_vgg16bn_fc", "features.43")])
+def test_engine_explains_new_architectures(name: str, component: str) -> None:
+    from fgcam_lib import FGCAM, coverage
+
+    torch.manual_seed(0)
+    model = _zero_shifts(load_model(name, weights="random")[0])
+    table = coverage(model, size=96)
+    assert bool(table.reached.any())
+    x = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(1))
+    fg = FGCAM(model, rules="canonical")
+    assert fg.component_layer == component
+    e = fg.explain(x, layer=["input", component])
+    top = e.components[component].double()
+    lost = e.components["input"].double().sum((1, 2, 3)) - top.sum((1, 2, 3))
+    assert float((lost / top.abs().sum((1, 2, 3))).abs().max()) < 1e-6
+    maps = fg(x, layer="input")
+    assert maps.shape == (2, 96, 96) and bool(torch.isfinite(maps).all())
