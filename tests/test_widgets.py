@@ -16,7 +16,8 @@ from matplotlib.figure import Figure  # noqa: E402
 from fgcam_lib import FGCAM, LRP, GradCAM  # noqa: E402
 from fgcam_lib.data.models import BundledVGG, Preprocess  # noqa: E402
 from fgcam_lib.data.scenes import CLASSES, SyntheticScenes  # noqa: E402
-from fgcam_lib.ui.widgets import Explorer, ExplorerFigure, fraction_choices, parse_method, pool_layers  # noqa: E402
+from fgcam_lib.ui.widgets import (PREDICTED, Explorer, ExplorerFigure, fraction_choices, parse_method,  # noqa: E402
+                                   pool_layers)
 
 SIZE = 64  # the bundled layout at 64 px: a 2 x 2 map at layer 43
 
@@ -263,7 +264,7 @@ def test_show_builds_controls_that_drive_update(model_and_images, monkeypatch):
     assert ws["method"].value == "fg_cam" and ws["fraction"].value == 0.5 and not ws["fraction"].disabled
     assert ws["image"].value == 1 and ws["target"].value == 7 and ws["rules"].disabled is False
     ws["image"].value = 0  # a new image: its own top-5, the predicted class again
-    assert app.settings.image == 0 and ws["target"].value is None
+    assert app.settings.image == 0 and ws["target"].value == PREDICTED
     n = app.add_image(torch.rand(3, 40, 40), "noise")  # listed, not selected
     assert ws["image"].options[-1] == ("noise", n) and ws["image"].value == 0 and app.settings.image == 0
     ws["upload"].value = ({"name": "up.png", "type": "image/png", "size": len(PNG), "content": memoryview(PNG),

@@ -1,0 +1,539 @@
+"""The explorer without a frontend: image, class, method, layer, rules, rank fraction -> figure.
+
+    >>> from fgcam_lib.ui.explorer import Explorer
+    >>> app = Explorer(model, preprocess)              # benchmark scenes + bundled photos
+    >>> fig = app.update(method="fg_grad_cam", layer=13, fraction=0.25)
+    >>> app.controls()["layer"].options                # what a layer menu would list
+    >>> lab = app.fork()                               # a second state on the same caches
+
+``update()`` changes the settings given (the others keep their value), renders and returns a
+matplotlib Figure: image, overlay, map at its true resolution, the SVD spectrum for FG-CAM
+and the top-k per-channel components at that layer. :meth:`controls` says what each control
+lists and shows; the ipywidgets view (:mod:`.widgets`) only mirrors it and calls
+``update()``. Listeners (:meth:`subscribe`) hear ``"settings"``, ``"images"`` and ``"result"``.
+
+Explainers come from the method registry (:func:`fgcam_lib.methods.make_explainer`), FG-CAM's
+step 1 from :class:`~fgcam_lib.methods.components.TopComponents`. Caching: explainers per
+(method, base, rules); the predicted-class forward per image; step 1 per (image, class,
+base), so changing the rank fraction or the rules only re-runs denoising and the
+propagation; each explanation's components at every pooling layer and the input, so
+changing the layer is free. ``app.calls`` counts forwards (``"forward"``, ``"top"``,
+``"explain"``) and propagations (``"propagate"``).
+"""
+from __future__ import annotations
+
+import base64
+import io
+from collections import Counter, OrderedDict
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable, Hashable, Sequence
+
+import torch
+from matplotlib.figure import Figure
+from torch import nn
+
+from . import viz
+from ..catalogue import layer_label, method_label
+from ..engine.graph import INPUT, graph_of
+from ..engine.walk import eval_mode, forward
+from ..methods.base import Explainer, Explanation
+from ..methods.components import TopComponents
+from ..methods.fgcam import BASES, FGCAM, denoise, denoise_rank
+from ..methods.registry import make_explainer
+from .settings import (CAMS, KEEP, LRPS, METHODS, PREDICTED, RULES, Control, Settings, fraction_choices,
+                       parse_method, pool_layers, registry_name)
+
+__all__ = ["Explorer", "ExplorerFigure", "USER_ERRORS"]
+
+Tensor = torch.Tensor
+#: errors shown as a message instead of a traceback
+USER_ERRORS = (ValueError, TypeError, KeyError, IndexError, FileNotFoundError, RuntimeError)
+
+
+class ExplorerFigure(Figure):
+    """A Figure that Jupyter shows as PNG without a pyplot backend (``update()``'s return value).
+
+    Not registered with pyplot, so moving a slider a thousand times leaves nothing open.
+    """
+
+    display_dpi: int = 90
+
+    def png(self, dpi: int | None = None) -> bytes:
+        """The figure as PNG bytes."""
+        buf = io.BytesIO()
+        self.savefig(buf, format="png", dpi=dpi or self.display_dpi, facecolor="white")
+        return buf.getvalue()
+
+    def _repr_png_(self) -> bytes:
+        return self.png()
+
+
+def _error_figure(message: str) -> ExplorerFigure:
+    """A small figure that shows ``message`` (the headless form of the error area)."""
+    fig = ExplorerFigure(figsize=(8, 1.6))
+    fig.text(0.02, 0.5, message, color="#a00", fontsize=10, va="center", wrap=True)
+    return fig
+
+
+def _class_names(model: nn.Module, n_classes: int) -> list[str]:
+    card = getattr(model, "card", None)
+    names = (card or {}).get("classes") if isinstance(card, dict) else None
+    names = names or getattr(model, "categories", None)
+    if names and len(names) == n_classes:
+        return [str(c) for c in names]
+    return [f"class {i}" for i in range(n_classes)]
+
+
+def _default_images(size: int) -> list[tuple[str, Tensor]]:
+    """A few benchmark scenes and the bundled photos, at the model's input size."""
+    from ..data.scenes import CLASSES, SyntheticScenes
+
+    scenes = SyntheticScenes("test", n=4, size=size)
+    out = [(f"scene {i} ({CLASSES[s['label']]})", s["image"]) for i, s in ((i, scenes[i]) for i in range(len(scenes)))]
+    try:
+        from ..data.images import sample_photos
+
+        photos, names, _ = sample_photos(size)
+        out += [(f"photo: {n}", p) for n, p in zip(names, photos)]
+    except (ImportError, OSError, AttributeError):  # scikit-image missing or a broken wheel
+        pass
+    return out
+
+
+def _as_image_tensor(image: Any) -> Tensor:
+    """3 x H x W float in [0, 1] from a tensor (3 x H x W, 1 x 3 x H x W, uint8), a PIL image or a path."""
+    from ..data.images import load_image
+
+    if isinstance(image, (str, Path)) or hasattr(image, "convert"):
+        return load_image(image)
+    t = torch.as_tensor(image)
+    if t.dim() == 4 and t.shape[0] == 1:
+        t = t[0]
+    if t.dim() != 3 or t.shape[0] != 3:
+        raise ValueError(f"an image must be 3 x H x W (values in [0, 1]), got shape {tuple(t.shape)}")
+    return t.float() / 255.0 if t.dtype == torch.uint8 else t.float()
+
+
+def _default_name(image: Any, i: int) -> str:
+    """A path's file name, else ``"image i"``."""
+    return Path(image).name if isinstance(image, (str, Path)) else f"image {i}"
+
+
+def _cache_put(cache: OrderedDict, key: Hashable, value: Any, limit: int) -> None:
+    cache[key] = value
+    cache.move_to_end(key)
+    while len(cache) > limit:
+        cache.popitem(last=False)
+
+
+class Explorer:
+    """Explore explanations of one model: settings in, figure out, no frontend needed.
+
+    Args:
+        model: a CNN fx can trace, or an ``nn.Sequential`` (see :mod:`fgcam_lib.engine.graph`).
+        preprocess: the model's :class:`~fgcam_lib.data.models.Preprocess` (resize + normalise;
+            its ``mean``/``std`` set the canonical rules' pixel bounds).
+        images: B x 3 x H x W in [0, 1], or a list of ``(name, 3 x H x W)`` pairs, tensors or
+            paths; default: four benchmark scenes and the bundled photos.
+        class_names: one name per class; default: the model's card or ``categories``.
+        max_cached: explanations kept (least recently used dropped first).
+        display_dpi: resolution of the figure in an app or a notebook.
+
+    Attributes: ``settings`` (the current :class:`Settings`), ``figure`` (the last figure
+    rendered for them; None after an error), ``error`` (the last message, or None).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        preprocess: Any,
+        images: Tensor | Sequence[Any] | None = None,
+        class_names: Sequence[str] | None = None,
+        max_cached: int = 16,
+        display_dpi: int = 90,
+    ) -> None:
+        self.model, self.preprocess = model, preprocess
+        self._listeners: list[Callable[[str], None]] = []
+        self.graph = graph_of(model)
+        self.device = next(model.parameters()).device
+        self.images: list[tuple[str, Tensor]] = []
+        for i, item in enumerate(_default_images(preprocess.size) if images is None else images):
+            name, img = item if isinstance(item, tuple) else (_default_name(item, i), item)
+            self.add_image(img, name)
+        if not self.images:
+            raise ValueError("Explorer needs at least one image")
+        self.layers = pool_layers(model, preprocess.size)
+        self._shapes = self._layer_shapes()
+        n_classes = int(self._shapes[self.graph.output][1])
+        self.class_names = list(class_names) if class_names is not None else _class_names(model, n_classes)
+        self.settings = Settings(layer=self.layers[-1])
+        self.calls: Counter[str] = Counter()
+        self.error: str | None = None
+        self.figure: ExplorerFigure | None = None
+        self.max_cached, self.display_dpi = max_cached, display_dpi
+        self._explainers: dict[Hashable, Explainer] = {}
+        self._probs: dict[int, Tensor] = {}
+        self._tops: OrderedDict[Hashable, TopComponents] = OrderedDict()
+        self._results: OrderedDict[Hashable, Explanation] = OrderedDict()
+
+    def fork(self) -> Explorer:
+        """A headless explorer on the same model and images, with its own settings.
+
+        Caches are copied (explainers shared), so what this one has computed is free for the
+        fork, and what the fork sets or renders leaves this one, and any app showing it, alone.
+        """
+        other = Explorer.__new__(Explorer)
+        core = {k: v for k, v in self.__dict__.items() if not k.startswith("_view")}
+        other.__dict__.update(core)
+        other._listeners = []
+        other.images = list(self.images)
+        other._probs = dict(self._probs)
+        other._tops, other._results = OrderedDict(self._tops), OrderedDict(self._results)
+        other.calls = Counter()
+        return other
+
+    def subscribe(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(event)`` after each change: ``"settings"``, ``"images"``, ``"result"``."""
+        self._listeners.append(listener)
+
+    def _notify(self, event: str) -> None:
+        for listener in self._listeners:
+            listener(event)
+
+    # -- images ---------------------------------------------------------------------
+    def add_image(self, image: Any, name: str | None = None) -> int:
+        """Add an image (tensor in [0, 1], PIL image or file path); returns its index.
+
+        An image with a name already present replaces nothing: its index is returned.
+        """
+        if name is None:
+            name = _default_name(image, len(self.images))
+        for i, (known, _) in enumerate(self.images):
+            if known == name:
+                return i
+        self.images.append((name, _as_image_tensor(image)))
+        self._notify("images")
+        return len(self.images) - 1
+
+    def _image_index(self, image: Any) -> int:
+        """An index from an int, a known name, a file path or an image tensor."""
+        if isinstance(image, bool):
+            raise TypeError("image must be an index, a name, a path or a tensor")
+        if isinstance(image, int):
+            if not -len(self.images) <= image < len(self.images):
+                raise IndexError(f"image {image} out of range: {len(self.images)} images loaded")
+            return image % len(self.images)
+        if isinstance(image, (str, Path)):
+            names = [n for n, _ in self.images]
+            if str(image) in names:
+                return names.index(str(image))
+            if not Path(image).exists():
+                raise FileNotFoundError(f"no image named {str(image)!r} and no such file")
+            return self.add_image(str(image), str(image))
+        return self.add_image(image)
+
+    def display_image(self, i: int | None = None) -> Tensor:
+        """Image ``i`` (default: the current one) at the model's input size, 3 x S x S in [0, 1]."""
+        img = self.images[self.settings.image if i is None else i][1]
+        return self.preprocess.resize(img[None])[0].clamp(0, 1)
+
+    def _input(self, i: int) -> Tensor:
+        """Image ``i`` preprocessed for the model, 1 x 3 x S x S on the model's device."""
+        return self.preprocess(self.images[i][1][None]).to(self.device)
+
+    # -- model ----------------------------------------------------------------------
+    def _layer_shapes(self) -> dict[int, torch.Size]:
+        """Shape of every position's activation for one input of the model's size."""
+        x = torch.zeros(1, 3, self.preprocess.size, self.preprocess.size, device=self.device)
+        with torch.no_grad(), eval_mode(self.model):
+            return forward(self.graph, x).shapes
+
+    def probabilities(self, image: Any = None) -> Tensor:
+        """Softmax probabilities of one image (default: the current one), a K vector; cached."""
+        i = self.settings.image if image is None else self._image_index(image)
+        if i not in self._probs:
+            self.calls["forward"] += 1
+            with torch.no_grad(), eval_mode(self.model):
+                self._probs[i] = self.model(self._input(i)).softmax(1)[0].cpu()
+        return self._probs[i]
+
+    def top_classes(self, image: Any = None, k: int = 5) -> list[tuple[int, str, float]]:
+        """The ``k`` most probable classes as ``(index, name, probability)``, best first."""
+        p = self.probabilities(image)
+        values, idx = p.topk(min(k, p.numel()))
+        return [(int(c), self.class_names[int(c)], float(v)) for v, c in zip(values, idx)]
+
+    def _layer_spec(self, layer: int | str) -> int | str:
+        """Validate a layer; a pooling layer or the input comes back as in :attr:`layers` (13, "input")."""
+        position = self.graph.position(layer)
+        for known in self.layers:
+            if self.graph.position(known) == position:
+                return known
+        return layer
+
+    def _target(self, s: Settings) -> int:
+        if s.target is None:
+            return int(self.probabilities(s.image).argmax())
+        if not 0 <= s.target < len(self.class_names):
+            raise ValueError(f"class {s.target} out of range (0..{len(self.class_names) - 1})")
+        return int(s.target)
+
+    def explainer(self, method: str, base: str = "grad_cam", rules: str = "paper") -> Explainer:
+        """The cached registry explainer of a method (FG-CAM without denoising: the explorer denoises)."""
+        key = (method, base, rules) if method == "fg_cam" else (method, rules) if method in LRPS else (method,)
+        if key not in self._explainers:
+            options: dict[str, Any] = {} if method in CAMS else {"rules": rules}
+            if method == "fg_cam":
+                options["denoise"] = None
+            self._explainers[key] = make_explainer(registry_name(method, base), self.model, self.preprocess, **options)
+        return self._explainers[key]
+
+    # -- computing ------------------------------------------------------------------
+    def _positions(self, extra: int, upto: int | None = None) -> list[int]:
+        """Positions of the pooling layers and the input (at or below ``upto``), plus ``extra``."""
+        pos = {self.graph.position(layer) for layer in self.layers} | {extra}
+        return sorted(p for p in pos if upto is None or self.graph.reaches(p, upto))
+
+    def _top(self, s: Settings, target: int, fg: FGCAM) -> TopComponents:
+        """FG-CAM step 1, cached per (image, class, base); the rules do not enter it."""
+        key = (s.image, target, s.base)
+        if key not in self._tops:
+            self.calls["top"] += 1
+            with torch.enable_grad():
+                top = TopComponents(fg, self._input(s.image), target)
+            _cache_put(self._tops, key, top, 2)
+        self._tops.move_to_end(key)
+        return self._tops[key]
+
+    def _fg_explanation(self, s: Settings, target: int, position: int) -> Explanation:
+        fg = self.explainer("fg_cam", s.base, s.rules)
+        assert isinstance(fg, FGCAM)
+        L = fg.component_position
+        if not self.graph.reaches(position, L):
+            raise ValueError(f"FG-CAM explains at the component layer {layer_label(self.graph.name(L))} "
+                             f"or below it, not at {layer_label(self.graph.name(position))}")
+        top = self._top(s, target, fg)
+        I = denoise(top.components, s.fraction) if s.denoise else top.components
+        self.calls["propagate"] += 1
+        names = {p: self.graph.name(p) for p in self._positions(position, L)}
+        R = top.propagate(I, list(names.values()))
+        return Explanation({p: R[n] for p, n in names.items()}, top.target, top.logits, top.weights,
+                           {"top": top.components})
+
+    def _other_explanation(self, s: Settings, target: int, position: int) -> Explanation:
+        ex = self.explainer(s.method, s.base, s.rules)
+        positions = self._positions(position) if s.method in LRPS else [position]
+        names = [self.graph.name(p) for p in positions]
+        self.calls["explain"] += 1
+        expl = ex.explain(self._input(s.image), target, names)
+        return Explanation({p: expl.components[n].detach() for p, n in zip(positions, names)},
+                           expl.target, expl.logits, expl.weights)
+
+    def explanation(self, s: Settings | None = None) -> tuple[Explanation, int]:
+        """``(explanation with components keyed by position, position)`` for settings ``s``; cached."""
+        s = self.settings if s is None else s
+        target = self._target(s)
+        position = self.graph.position(s.layer)
+        if s.method == "fg_cam":
+            key: tuple = (s.image, target, "fg_cam", s.base, s.rules, s.fraction if s.denoise else None)
+        elif s.method in LRPS:
+            key = (s.image, target, s.method, s.rules)
+        else:
+            key = (s.image, target, s.method, position)
+        cached = self._results.get(key)
+        if cached is None or position not in cached.components:
+            make = self._fg_explanation if s.method == "fg_cam" else self._other_explanation
+            cached = make(s, target, position)
+            _cache_put(self._results, key, cached, self.max_cached)
+        self._results.move_to_end(key)
+        return cached, position
+
+    # -- settings -------------------------------------------------------------------
+    def _apply(self, changes: dict[str, Any]) -> Settings:
+        """New settings from ``changes`` (values other than KEEP), validated."""
+        changes = {k: v for k, v in changes.items() if v is not KEEP}
+        s = self.settings
+        if "image" in changes:
+            changes["image"] = self._image_index(changes["image"])
+            if changes["image"] != s.image and "target" not in changes:
+                changes["target"] = None
+        base = changes.get("base", s.base)
+        if "method" in changes:
+            method, base, want_denoise = parse_method(changes["method"], base)
+            changes["method"], changes["base"] = method, base
+            if want_denoise is not None and "denoise" not in changes:
+                changes["denoise"] = want_denoise
+        elif "base" in changes and base not in BASES:
+            raise ValueError(f"unknown FG-CAM base {base!r}; use one of {', '.join(BASES)}")
+        if changes.get("rules", s.rules) not in RULES:
+            raise ValueError(f"unknown rules {changes['rules']!r}; use one of {', '.join(RULES)}")
+        if "layer" in changes:
+            changes["layer"] = self._layer_spec(changes["layer"])
+        if "fraction" in changes:
+            denoise_rank(float(changes["fraction"]), 1, 1)  # validates (0, 1]
+            changes["fraction"] = float(changes["fraction"])
+        if changes.get("target") == PREDICTED:
+            changes["target"] = None
+        elif changes.get("target") is not None:
+            changes["target"] = int(changes["target"])
+        return replace(s, **changes)
+
+    def set(self, **changes: Any) -> Settings:
+        """Change settings without rendering; raises on invalid values. Returns the new settings.
+
+            >>> app.set(method="lrp", layer="input", signed=True)
+            >>> expl, position = app.explanation()
+        """
+        new = self._apply(changes)
+        if new != self.settings:
+            self.figure = None  # rendered for other settings
+        self.settings = new
+        self._notify("settings")
+        return self.settings
+
+    def current_map(self) -> Tensor:
+        """The current settings' map, h x w (Eq. 8; no ReLU when ``signed``)."""
+        expl, position = self.explanation()
+        return expl.map(position, self.settings.signed)[0]
+
+    def update(
+        self,
+        image: Any = KEEP,
+        target: Any = KEEP,
+        method: Any = KEEP,
+        base: Any = KEEP,
+        layer: Any = KEEP,
+        rules: Any = KEEP,
+        denoise: Any = KEEP,
+        fraction: Any = KEEP,
+        signed: Any = KEEP,
+        k: Any = KEEP,
+        *,
+        raise_errors: bool = False,
+    ) -> ExplorerFigure:
+        """Change settings (those given) and render; returns the Figure.
+
+        ``image``: index, name, file path or a 3 x H x W tensor; ``target``: class index, or
+        None / ``"predicted"`` (the predicted class); ``method``: a key of
+        :data:`~fgcam_lib.ui.settings.METHODS`, ``"fg_grad_cam"``-style names or labels;
+        ``layer``: e.g. 33, ``"features.13"``, ``"input"``; ``rules``: "paper" or "canonical";
+        ``denoise``/``fraction``: FG-CAM's SVD denoising; ``signed``: keep negative relevance
+        (red/blue). Invalid combinations give a figure with the message (also in
+        ``self.error``; :attr:`figure` is then None) unless ``raise_errors``.
+        """
+        changes = dict(image=image, target=target, method=method, base=base, layer=layer, rules=rules,
+                       denoise=denoise, fraction=fraction, signed=signed, k=k)
+        self.error = None
+        try:
+            self.set(**changes)
+            expl, position = self.explanation()
+            fig = self.figure = self.render(expl, position)
+        except USER_ERRORS as err:
+            if raise_errors:
+                raise
+            self.error = str(err).strip("'\"") or type(err).__name__
+            self.figure = None  # what was shown belongs to other settings
+            fig = _error_figure(self.error)
+        self._notify("result")
+        return fig
+
+    # -- what the controls show -----------------------------------------------------
+    def _class_options(self) -> tuple[tuple[str, Any], ...]:
+        top = self.top_classes(self.settings.image, 5)
+        target = self.settings.target
+        if target is not None and target not in [c for c, _, _ in top]:
+            top.append((target, self.class_names[target], float(self.probabilities()[target])))
+        return ((f"predicted: {top[0][1]} ({top[0][2]:.2f})", PREDICTED),) + tuple(
+            (f"{n} ({p:.2f})", c) for c, n, p in top)
+
+    def _layer_options(self) -> tuple[tuple[str, Any], ...]:
+        extra = [] if self.settings.layer in self.layers else [self.settings.layer]
+        out = []
+        for layer in self.layers + extra:
+            shape = self._shapes[self.graph.position(layer)]
+            out.append((f"{layer_label(layer)} ({shape[-2]}x{shape[-1]})", layer))
+        return tuple(out)
+
+    def _fraction_options(self) -> tuple[tuple[str, Any], ...]:
+        shape = self._shapes[self.graph.default_component_layer()]
+        options = fraction_choices(int(shape[1]), int(shape[2] * shape[3]))
+        if all(abs(f - self.settings.fraction) > 1e-12 for _, f in options):
+            options = sorted(options + [(f"{self.settings.fraction:.3g}", self.settings.fraction)], key=lambda o: o[1])
+        return tuple(options)
+
+    def controls(self) -> dict[str, Control]:
+        """What each control lists and shows for the current settings (see :class:`Control`).
+
+            >>> app.controls()["target"].value          # the predicted class's option
+            'predicted'
+        """
+        s = self.settings
+        fg = s.method == "fg_cam"
+        return {
+            "image": Control(tuple((name, i) for i, (name, _) in enumerate(self.images)), s.image),
+            "target": Control(self._class_options(), PREDICTED if s.target is None else s.target),
+            "method": Control(tuple((v, k) for k, v in METHODS.items()), s.method),
+            "base": Control(tuple((method_label(b), b) for b in BASES), s.base, fg),
+            "layer": Control(self._layer_options(), s.layer),
+            "rules": Control(tuple((r, r) for r in RULES), s.rules, s.method not in CAMS),
+            "denoise": Control(None, s.denoise, fg),
+            "fraction": Control(self._fraction_options(), s.fraction, fg and s.denoise),
+            "signed": Control(None, s.signed),
+        }
+
+    # -- drawing --------------------------------------------------------------------
+    def describe(self, s: Settings | None = None) -> str:
+        """A one-line description of the settings (the figure's title)."""
+        s = self.settings if s is None else s
+        target = self._target(s)
+        p = float(self.probabilities(s.image)[target])
+        what = METHODS[s.method]
+        if s.method == "fg_cam":
+            L = self.graph.default_component_layer()
+            C, K = int(self._shapes[L][1]), int(self._shapes[L][2] * self._shapes[L][3])
+            dn = f"denoise {s.fraction:g} (rank {denoise_rank(s.fraction, C, K)})" if s.denoise else "no denoising"
+            what += f" [{method_label(s.base)}, {s.rules} rules, {dn}]"
+        elif s.method in LRPS:
+            what += f" [{s.rules} rules]"
+        return (f"{self.images[s.image][0]} · {what} · {layer_label(s.layer)} · "
+                f"class {self.class_names[target]} (p={p:.2f})" + (" · signed" if s.signed else ""))
+
+    def render(self, expl: Explanation, position: int, s: Settings | None = None) -> ExplorerFigure:
+        """The explorer's figure: image, overlay, map, (SVD spectrum), component strip."""
+        s = self.settings if s is None else s
+        image = self.display_image(s.image)
+        comps = expl.components[position]
+        m = comps.sum(1)[0]
+        m = m if s.signed else m.clamp(min=0)
+        fig = ExplorerFigure(figsize=(11.5, 6.4), layout="constrained")
+        fig.display_dpi = self.display_dpi
+        upper, lower = fig.subfigures(2, 1, height_ratios=[1.3, 1.0])
+        has_svd = s.method == "fg_cam"
+        axes = upper.subplots(1, 4 if has_svd else 3, width_ratios=[1, 1, 1, 1.25] if has_svd else None)
+        axes[0].imshow(viz.as_image(image))
+        viz.clean_axes(axes[0])
+        axes[0].set_title(self.images[s.image][0], fontsize=9)
+        viz.show_map(axes[1], m, image, signed=s.signed, title="overlay")
+        h, w = m.shape
+        viz.show_map(axes[2], m, signed=s.signed, mode="nearest", colorbar=True,
+                     title=f"map at {layer_label(s.layer)} ({h}x{w})")
+        if has_svd:
+            viz.singular_values_plot(axes[3], expl.extras["top"], s.fraction if s.denoise else None)
+        at_top = expl.weights is not None and position == self.graph.default_component_layer()
+        viz.component_strip(comps, s.k, weights=expl.weights if at_top else None, fig=lower,
+                            channel_names=["R", "G", "B"] if position == INPUT and comps.shape[1] == 3 else None,
+                            title=f"components at {layer_label(s.layer)}: top {min(s.k, comps.shape[1])} "
+                                  f"of {comps.shape[1]} channels by total |relevance|")
+        fig.suptitle(self.describe(s), fontsize=10)
+        return fig
+
+    def snapshot(self) -> bytes:
+        """A light PNG of the current settings' figure (rendered if needed): what a saved notebook shows."""
+        fig = self.figure if self.figure is not None else self.update()
+        return viz.light_png(fig, dpi=self.display_dpi)
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        """In a notebook a headless explorer shows its current figure."""
+        png = base64.b64encode(self.snapshot()).decode("ascii")
+        return {"image/png": png, "text/plain": f"Explorer: {self.describe()}"}
