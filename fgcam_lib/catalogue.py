@@ -21,7 +21,7 @@ from typing import Any, Iterable
 __all__ = [
     "METHOD_LABELS", "method_label",
     "MetricSpec", "METRICS", "METRIC_GROUPS", "METRIC_LABELS", "HIGHER_IS_BETTER", "PERCENT_METRICS",
-    "metric_spec", "metric_label", "metric_digits", "group_of",
+    "metric_spec", "metric_label", "metric_axis_label", "metric_digits", "group_of",
     "PAPER_LAYERS", "is_input_layer", "layer_key", "layer_label",
     "format_ci",
 ]
@@ -64,6 +64,11 @@ class MetricSpec:
     @property
     def digits(self) -> int:
         return 2 if self.percent else 4
+
+    @property
+    def axis_label(self) -> str:
+        """The label with its unit: ``"A.D. (%)"``, ``"Over-all"``."""
+        return f"{self.label} (%)" if self.percent else self.label
 
     @property
     def better(self) -> str:
@@ -116,6 +121,12 @@ def metric_label(name: str) -> str:
     """The paper's label of a metric row; unknown names unchanged."""
     spec = METRICS.get(name)
     return spec.label if spec is not None else name
+
+
+def metric_axis_label(name: str) -> str:
+    """A metric row's label with its unit, for plot axes: ``"average_drop"`` -> ``"A.D. (%)"``; unknown names unchanged."""
+    spec = METRICS.get(name)
+    return spec.axis_label if spec is not None else name
 
 
 def metric_digits(keys: Iterable[Any], digits: int | None = None) -> int:

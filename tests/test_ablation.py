@@ -151,7 +151,7 @@ def test_sweep_rows_match_direct_metrics_and_dedupe(model, batch):
     twin = FGCAM(model, rules=canonical())  # BN scales are positive: the same maps at layer 13
     src = explainer_maps({"paper": fg, "canonical": twin}, [13])
     df = sweep(model, batch, src, insdel_steps=8, chunk=3, data="t")
-    n_metrics = sum(len(v) for v in METRICS.values())
+    n_metrics = sum(len(METRICS[g]) for g in ("adai", "insdel", "proportion"))  # the sweep's default options
     assert len(df) == len(batch) * 2 * n_metrics
     assert list(df.columns[:5]) == ["data", "image_id", "index", "label", "target"]
     assert {"method", "layer", "metric", "value"} <= set(df.columns)
@@ -240,14 +240,15 @@ def test_format_summary_forest_plot_and_example_grid(tmp_path):
     import matplotlib
 
     matplotlib.use("agg")
-    from fgcam_lib.evaluation.ablation import example_grid, forest_plot, format_summary
+    from fgcam_lib.evaluation.ablation import format_summary
+    from fgcam_lib.ui.plots import example_grid, forest_plot
 
     df = pd.concat([_rows({("a", "13"): [1.0, 2.0, 3.0], ("b", "13"): [2.0, 2.0, 2.0]}, "overall"),
                     _rows({("a", "13"): [10.0, 20.0, 30.0], ("b", "13"): [5.0, 5.0, 5.0]}, "average_drop")])
     s = summarize(df)
     t = format_summary(s, rows=["method", "layer"], metrics=["average_drop", "overall"])
     assert list(t.columns) == ["A.D.", "Over-all"]
-    assert t.loc[("b", "13"), "Over-all"] == "2.000 ± 0.000" and t.loc[("a", "13"), "A.D."].startswith("20.00 ± ")
+    assert t.loc[("b", "13"), "Over-all"] == "2.0000 ± 0.0000" and t.loc[("a", "13"), "A.D."].startswith("20.00 ± ")
     fig = forest_plot(s.xs("13", level="layer"), ["average_drop", "overall"], hue=None, title="t")
     assert len(fig.axes) == 2 and "lower is better" in fig.axes[0].get_title()
     images = torch.rand(2, 3, 16, 16)

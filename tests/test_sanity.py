@@ -76,14 +76,14 @@ def test_randomized_copy_is_the_network_cascading_explains(tiny_vgg, images):
         S.randomized_copy(tiny_vgg, groups, 4)
 
 
-def test_mean_ci_and_verdict():
+def test_summarize_values_and_verdict():
     rows = []
     for method, level in (("stays", 0.9), ("moves", 0.05), ("noisy", 0.5)):
         for step in (0, 1):
             for i in range(12):
                 v = 1.0 if step == 0 else level + (0.4 if method == "noisy" else 0.02) * np.sin(i)
                 rows.append({"method": method, "layer": "input", "step": step, "spearman_abs": v})
-    summary = S.mean_ci(pd.DataFrame(rows), ["method", "layer", "step"], ["spearman_abs"], n_resamples=300)
+    summary = S.summarize_values(pd.DataFrame(rows), ["method", "layer", "step"], ["spearman_abs"], n_resamples=300)
     assert summary.loc[("stays", "input", 0), "spearman_abs"] == 1.0
     assert summary.loc[("stays", "input", 0), "spearman_abs_low"] == 1.0  # constant group: degenerate CI
     assert summary.loc[("stays", "input", 0), "spearman_abs_n"] == 12

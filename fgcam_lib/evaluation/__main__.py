@@ -1,6 +1,6 @@
-"""``python -m fgcam_lib.evaluation``: the evaluation runner's command line."""
+"""``python -m fgcam_lib.evaluation``: the evaluation runner's command line (:mod:`.cli`)."""
 import sys
 
-from .runner import main
+from .cli import main
 
 sys.exit(main())

@@ -3,18 +3,20 @@
 A sweep scores many variants of one explanation (rules, SVD rank, layer depth) on the
 same images. The pieces:
 
-- :func:`load_scenes` turns a data set into a :class:`SceneBatch` (normalised images,
-  labels, boxes, masks);
+- :func:`load_scenes` (:func:`fgcam_lib.evaluation.batch.load_batch`) turns a data set
+  into a :class:`~fgcam_lib.evaluation.batch.Batch` (normalised images, labels, boxes, masks);
 - a *map source* turns images and targets into :class:`MapSet` s, one per (variant,
   layer): :func:`explainer_maps` for ready explainers, :func:`fgcam_maps` for FG-CAM
   variants that share their step-1 components (denoising ranks: the components and the
   forward pass are computed once, only the SVD truncation and the propagation repeat);
 - :func:`sweep` scores every map set with the paper's metrics (A.D./A.I., insertion /
-  deletion / Over-all, Proportion with boxes and with exact masks) and returns tidy
-  rows with the columns of :mod:`fgcam_lib.evaluation.runner` (so ``evaluate.summarize`` and
-  ``evaluate.format_table`` read them) plus one column per variant key;
-- :func:`summarize`, :func:`paired_difference` and :func:`spread` give means and
-  percentile-bootstrap confidence intervals over images (:mod:`fgcam_lib.evaluation.stats`).
+  deletion / Over-all, Proportion with boxes and with exact masks, the pointing game;
+  :func:`fgcam_lib.evaluation.scoring.score_maps`, the runner's) and returns tidy rows
+  with the columns of :mod:`fgcam_lib.evaluation.runner` plus one column per variant key;
+- :func:`summarize` and :func:`format_summary` (:mod:`fgcam_lib.evaluation.tables`, the
+  runner's), :func:`paired_difference` and :func:`spread` give means and
+  percentile-bootstrap confidence intervals over images (:mod:`fgcam_lib.evaluation.stats`);
+  the figures are :func:`fgcam_lib.ui.plots.forest_plot` and :func:`fgcam_lib.ui.plots.example_grid`.
 
     >>> batch = load_scenes(SyntheticScenes("test", 64, size=96), preprocess)
     >>> fg = FGCAM(model)                                    # no denoising: ranks vary below
@@ -28,7 +30,6 @@ the same logits up to float rounding and runs about twice as fast on CPU.
 from __future__ import annotations
 
 import copy
-import math
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
@@ -39,11 +40,14 @@ from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from . import metrics as M
+from ..catalogue import HIGHER_IS_BETTER, METRIC_GROUPS, METRIC_LABELS, is_input_layer, layer_key
 from ..methods.base import Explainer
 from ..methods.components import TopComponents
 from ..methods.fgcam import FGCAM, denoise
-from ..methods.registry import is_input_layer
-from .stats import bootstrap_ci, mean_ci
+from .batch import Batch, load_batch
+from .scoring import CleanLogitsCache, score_maps
+from .stats import bootstrap_ci
+from .tables import format_summary, summarize
 
 if TYPE_CHECKING:  # pandas is imported lazily, inside the functions that tabulate
     import pandas as pd
@@ -52,106 +56,24 @@ __all__ = [
     "SceneBatch", "MapSet", "MapSource", "load_scenes", "inference_copy", "layer_key",
     "max_rank", "rank_grid", "rank_fraction", "denoise_to_rank",
     "explainer_maps", "fgcam_maps", "score_maps", "sweep", "relevance_sums",
-    "bootstrap_ci", "summarize", "paired_difference", "spread", "format_summary", "forest_plot", "example_grid",
+    "bootstrap_ci", "summarize", "paired_difference", "spread", "format_summary",
     "METRICS", "METRIC_LABELS", "HIGHER_IS_BETTER",
 ]
 
-#: metric option -> the per-image metric rows it writes
-METRICS: dict[str, tuple[str, ...]] = {
-    "adai": ("average_drop", "average_increase"),
-    "insdel": ("insertion", "deletion", "overall"),
-    "proportion": ("proportion", "proportion_mask"),
-}
-#: metric row -> the paper's label
-METRIC_LABELS: dict[str, str] = {
-    "average_drop": "A.D.", "average_increase": "A.I.", "insertion": "Insertion", "deletion": "Deletion",
-    "overall": "Over-all", "proportion": "Proportion", "proportion_mask": "Proportion (mask)",
-}
-#: metric row -> whether larger values are better
-HIGHER_IS_BETTER: dict[str, bool] = {
-    "average_drop": False, "average_increase": True, "insertion": True, "deletion": False, "overall": True,
-    "proportion": True, "proportion_mask": True,
-}
+#: metric option -> the per-image metric rows it writes (the catalogue's, shared with the runner)
+METRICS: dict[str, tuple[str, ...]] = METRIC_GROUPS
+#: the batch type and loader of the runner, under the names the ablation notebooks use
+SceneBatch = Batch
+load_scenes = load_batch
 
 
-# ------------------------------------------------------------------------------ scenes
-@dataclass
-class SceneBatch:
-    """Images ready for the model, with their annotations.
+def __getattr__(name: str) -> Any:
+    # the figures moved to fgcam_lib.ui.plots; loaded on first use so this module stays free of matplotlib
+    if name in ("forest_plot", "example_grid"):
+        from ..ui import plots
 
-    ``x``: B x 3 x S x S normalised; ``images``: the same in [0, 1] (for display);
-    ``labels``: B; ``classes[i]``: n_i object classes; ``boxes[i]``: n_i x 4
-    (x0, y0, x1, y1) in pixels of ``x``; ``masks[i]``: n_i x S x S bool; ``indices``:
-    positions in the data set.
-    """
-
-    x: Tensor
-    images: Tensor
-    labels: Tensor
-    classes: list[Tensor]
-    boxes: list[Tensor]
-    masks: list[Tensor]
-    indices: list[int]
-
-    def __len__(self) -> int:
-        return int(self.x.shape[0])
-
-    def subset(self, rows: Sequence[int] | slice) -> "SceneBatch":
-        """The images at ``rows`` (a slice or positions in this batch)."""
-        idx = list(range(len(self)))[rows] if isinstance(rows, slice) else list(rows)
-        sel = torch.as_tensor(idx, dtype=torch.long)
-        return SceneBatch(self.x[sel], self.images[sel], self.labels[sel], [self.classes[i] for i in idx],
-                          [self.boxes[i] for i in idx], [self.masks[i] for i in idx], [self.indices[i] for i in idx])
-
-    def region(self, target: Tensor) -> tuple[list[Tensor], Tensor]:
-        """Boxes (list of k_i x 4) and mask union (B x S x S) of each image's objects of the
-        target class; when none is of that class, those of the label, else all objects."""
-        boxes, masks = [], []
-        hw = tuple(self.x.shape[-2:])
-        for i in range(len(self)):
-            cls, bx, mk = self.classes[i], self.boxes[i], self.masks[i]
-            pick = torch.ones(bx.shape[0], dtype=torch.bool)
-            for wanted in (int(target[i]), int(self.labels[i])):
-                hit = cls == wanted
-                if bool(hit.any()):
-                    pick = hit
-                    break
-            boxes.append(bx[pick])
-            masks.append(mk[pick].any(0) if mk.shape[0] else torch.zeros(hw, dtype=torch.bool))
-        return boxes, torch.stack(masks)
-
-
-def load_scenes(dataset: Any, preprocess: Callable[[Tensor], Tensor], n: int | None = None,
-                indices: Sequence[int] | None = None) -> SceneBatch:
-    """Load items (dicts with ``image`` 3 x H x W in [0, 1], ``label``, ``classes``,
-    ``boxes``, ``masks``, as :class:`~fgcam_lib.data.scenes.SyntheticScenes` gives) into a
-    :class:`SceneBatch`: the first ``n`` items, or those at ``indices``.
-
-    ``preprocess`` maps B x 3 x H x W in [0, 1] to the model's input (resize + normalise);
-    boxes and masks are rescaled to its size.
-    """
-    if indices is None:
-        indices = range(len(dataset) if n is None else min(int(n), len(dataset)))
-    items = [dataset[int(i)] for i in indices]
-    if not items:
-        raise ValueError("no images to load")
-    raw = torch.stack([it["image"] for it in items])
-    x = preprocess(raw)
-    hw = tuple(x.shape[-2:])
-    images = raw if tuple(raw.shape[-2:]) == hw else torch.nn.functional.interpolate(
-        raw, size=hw, mode="bilinear", align_corners=False).clamp(0, 1)
-    sy, sx = hw[0] / raw.shape[-2], hw[1] / raw.shape[-1]
-    boxes, masks, classes = [], [], []
-    for it in items:
-        bx = torch.as_tensor(it.get("boxes", torch.zeros(0, 4)), dtype=torch.float32).reshape(-1, 4)
-        boxes.append(bx * torch.tensor([sx, sy, sx, sy]))
-        mk = torch.as_tensor(it.get("masks", torch.zeros(0, *raw.shape[-2:]))).bool()
-        if mk.shape[0] and tuple(mk.shape[-2:]) != hw:
-            mk = torch.nn.functional.interpolate(mk[:, None].float(), size=hw, mode="nearest")[:, 0] > 0.5
-        masks.append(mk if mk.shape[0] else torch.zeros(0, *hw, dtype=torch.bool))
-        classes.append(torch.as_tensor(it.get("classes", [it.get("label", -1)])).long().reshape(-1))
-    labels = torch.tensor([int(it.get("label", -1)) for it in items])
-    return SceneBatch(x, images, labels, classes, boxes, masks, [int(i) for i in indices])
+        return getattr(plots, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ------------------------------------------------------------------------ fast model
@@ -237,14 +159,6 @@ class MapSet:
 MapSource = Callable[[Tensor, Tensor], list[MapSet]]
 
 
-def layer_key(layer: int | str) -> str:
-    """How a layer is stored in the rows: ``"features.13"``/``13`` -> ``"13"``, the input -> ``"input"``."""
-    if is_input_layer(layer):
-        return "input"
-    s = str(layer)
-    return s[len("features."):] if s.startswith("features.") else s
-
-
 def _signed_at_input(method: str, layer: int | str) -> bool:
     return is_input_layer(layer)
 
@@ -317,59 +231,10 @@ def fgcam_maps(
     return source
 
 
-# --------------------------------------------------------------------------- scoring
-def _step_for(hw: tuple[int, int], steps: int | None) -> int | None:
-    """Pixels per insertion/deletion step for ``steps`` steps (None: the paper's 112)."""
-    return None if steps is None else max(1, math.ceil(hw[0] * hw[1] / int(steps)))
-
-
-def score_maps(
-    model: nn.Module,
-    batch: SceneBatch,
-    maps: Tensor,
-    target: Tensor,
-    metrics: Sequence[str] = ("adai", "insdel", "proportion"),
-    *,
-    signed: bool = False,
-    baseline: Tensor | None = None,
-    insdel_steps: int | None = None,
-    seed: int = 0,
-    batch_size: int = 256,
-) -> dict[str, Tensor]:
-    """Per-image metrics of one batch of maps (B x h x w): metric row name -> B float64.
-
-    ``adai``: Average Drop / Increase (percent; ``signed`` applies the Table 4 rule);
-    ``insdel``: insertion, deletion, Over-all with ``insdel_steps`` steps (None: 112 as
-    the paper); ``proportion``: share of the positive map inside the target object's
-    box(es) (the paper's Proportion) and inside its exact mask. ``baseline``: the
-    blurred images (computed when None). ``model`` may be wrapped in
-    :class:`fgcam_lib.evaluation.runner.CleanLogitsCache` to skip the clean forward passes.
-    """
-    unknown = [m for m in metrics if m not in METRICS]
-    if unknown:
-        raise ValueError(f"unknown metrics {unknown}; use {', '.join(METRICS)}")
-    x = batch.x
-    base = M.blur_baseline(x) if baseline is None else baseline
-    out: dict[str, Tensor] = {}
-    if "adai" in metrics:
-        r = M.average_drop_increase(model, x, maps, target, signed=signed, baseline=base, seed=seed,
-                                    batch_size=batch_size)
-        out["average_drop"], out["average_increase"] = r.drop, r.increase
-    if "insdel" in metrics:
-        r = M.insertion_deletion(model, x, maps, target, step=_step_for(tuple(x.shape[-2:]), insdel_steps),
-                                 baseline=base, seed=seed, batch_size=batch_size)
-        out["insertion"], out["deletion"], out["overall"] = r.insertion_auc, r.deletion_auc, r.overall
-    if "proportion" in metrics:
-        boxes, masks = batch.region(target)
-        m = maps.detach().float().cpu()
-        out["proportion"] = M.proportion(m, boxes, tuple(x.shape[-2:]))
-        out["proportion_mask"] = M.proportion_mask(m, masks)
-    return {k: v.detach().double().cpu() for k, v in out.items()}
-
-
+# ----------------------------------------------------------------------------- sweep
 def sweep(
     model: nn.Module,
-    batch: SceneBatch,
+    batch: Batch,
     sources: MapSource | Sequence[MapSource],
     metrics: Sequence[str] = ("adai", "insdel", "proportion"),
     *,
@@ -401,8 +266,6 @@ def sweep(
     import pandas as pd
     from tqdm.auto import tqdm
 
-    from .runner import CleanLogitsCache
-
     sources = [sources] if callable(sources) else list(sources)
     fast = inference_copy(model) if metric_model is None else metric_model
     rows: list[dict[str, Any]] = []
@@ -432,7 +295,7 @@ def sweep(
                     duplicates.setdefault(_key_text(ms.keys), _key_text(twin[0].keys))
                 for metric, v in values.items():
                     for j in range(len(part)):
-                        rows.append({"data": data, "image_id": str(part.indices[j]), "index": part.indices[j],
+                        rows.append({"data": data, "image_id": part.ids[j], "index": part.indices[j],
                                      "label": int(part.labels[j]), "target": int(target[j]), **ms.keys,
                                      "metric": metric, "value": float(v[j])})
             seconds["maps"] += t1 - t0
@@ -490,24 +353,6 @@ def relevance_sums(fg: FGCAM, x: Tensor, layers: Sequence[int | str], target: Te
 
 
 # --------------------------------------------------------------------------- summaries
-def summarize(df: "pd.DataFrame", by: Sequence[str] = ("method", "layer"), *, confidence: float = 0.95,
-              n_resamples: int = 2000, seed: int = 0) -> "pd.DataFrame":
-    """Mean over images with a bootstrap CI, per ``by`` + metric.
-
-    Returns a frame indexed by ``by + ["metric"]`` (in first-seen order) with columns
-    ``mean``, ``ci_low``, ``ci_high``, ``n`` (images with a value; NaN values, e.g. the
-    Proportion of an all-zero map, are left out).
-    """
-    import pandas as pd
-
-    keys = list(by) + ["metric"]
-    out = []
-    for key, g in df.groupby(keys, sort=False, dropna=False):
-        out.append((*key, *mean_ci(g["value"].to_numpy(dtype=float), confidence=confidence,
-                                    n_resamples=n_resamples, seed=seed)))
-    return pd.DataFrame(out, columns=keys + ["mean", "ci_low", "ci_high", "n"]).set_index(keys)
-
-
 def _wide(df: "pd.DataFrame", metric: str, column: str, where: Mapping[str, Any] | None) -> "pd.DataFrame":
     """Images x levels of ``column`` for one metric (rows with a NaN dropped)."""
     sub = df[df["metric"] == metric]
@@ -567,137 +412,3 @@ def spread(df: "pd.DataFrame", metric: str, over: str = "layer", by: str = "meth
                      "highest": cols[int(np.argmax(means))], "lowest": cols[int(np.argmin(means))],
                      "n_levels": len(cols), "n": int(arrays[0].size)})
     return pd.DataFrame(rows).set_index(by) if rows else pd.DataFrame()
-
-
-#: metrics reported in percent (2 decimals); the others are fractions (3 decimals)
-_PERCENT = frozenset({"average_drop", "average_increase"})
-
-
-def format_summary(summary: "pd.DataFrame", rows: Sequence[str] = ("method", "layer"),
-                   metrics: Sequence[str] | None = None, digits: int | None = None) -> "pd.DataFrame":
-    """A :func:`summarize` frame as a table of ``"mean ± half-width of the CI"`` strings.
-
-    Rows: the index levels ``rows`` (first-seen order); columns: ``metrics`` (default:
-    all present), labelled as in the paper (A.D., Over-all, ...). ``digits=None``: 2
-    decimals for A.D./A.I. (percent), 3 for fractions.
-    """
-    import pandas as pd
-
-    s = summary.reset_index()
-    metrics = list(dict.fromkeys(s["metric"])) if metrics is None else list(metrics)
-    s = s[s["metric"].isin(metrics)]
-
-    def cell(r) -> str:
-        d = digits if digits is not None else (2 if r["metric"] in _PERCENT else 3)
-        if not np.isfinite(r["mean"]):
-            return "n/a"
-        if not (np.isfinite(r["ci_low"]) and np.isfinite(r["ci_high"])):
-            return f"{r['mean']:.{d}f}"
-        return f"{r['mean']:.{d}f} ± {(r['ci_high'] - r['ci_low']) / 2:.{d}f}"
-
-    s = s.assign(cell=s.apply(cell, axis=1))
-    table = s.pivot_table(index=list(rows), columns="metric", values="cell", aggfunc="first", sort=False)
-    table = table[[m for m in metrics if m in table.columns]]
-    table.columns = pd.Index([METRIC_LABELS.get(m, m) for m in table.columns], name=None)
-    return table
-
-
-def forest_plot(summary: "pd.DataFrame", metrics: Sequence[str], *, y: str = "method", hue: str | None = "layer",
-                order: Sequence[Any] | None = None, labels: Mapping[Any, str] | None = None,
-                title: str | None = None, panel_width: float = 3.0):
-    """Means with confidence intervals as dots and whiskers: one panel per metric,
-    one row per level of ``y`` (in ``order``), one colour per level of ``hue``.
-
-    ``summary``: a :func:`summarize` frame. Panel titles carry the metric's label and
-    whether higher or lower is better. Returns the figure.
-    """
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    s = summary.reset_index()
-    ys = list(order) if order is not None else list(dict.fromkeys(s[y]))
-    hues = list(dict.fromkeys(s[hue])) if hue else [None]
-    palette = dict(zip(hues, sns.color_palette(n_colors=len(hues))))
-    fig, axes = plt.subplots(1, len(metrics), figsize=(panel_width * len(metrics) + 1.5, 0.38 * len(ys) + 1.4),
-                             sharey=True, layout="constrained", squeeze=False)
-    offsets = np.linspace(-0.2, 0.2, len(hues)) if len(hues) > 1 else [0.0]
-    for ax, metric in zip(axes[0], metrics):
-        part = s[s["metric"] == metric]
-        for h, off in zip(hues, offsets):
-            sub = part if h is None else part[part[hue] == h]
-            sub = sub.set_index(y).reindex(ys)
-            pos = np.arange(len(ys)) + off
-            ok = sub["mean"].notna().to_numpy()
-            err = np.vstack([sub["mean"] - sub["ci_low"], sub["ci_high"] - sub["mean"]])[:, ok]
-            ax.errorbar(sub["mean"][ok], pos[ok], xerr=err, fmt="o", ms=4, capsize=2, color=palette[h],
-                        label=None if h is None else str(h))
-        arrow = "higher is better" if HIGHER_IS_BETTER.get(metric, True) else "lower is better"
-        ax.set_title(f"{METRIC_LABELS.get(metric, metric)}\n({arrow})", fontsize=9)
-        ax.set_xlabel(METRIC_LABELS.get(metric, metric) + (" (%)" if metric in _PERCENT else ""), fontsize=8)
-        ax.grid(axis="x", alpha=0.3)
-        ax.tick_params(labelsize=8)
-    axes[0, 0].set_yticks(np.arange(len(ys)), [labels.get(v, str(v)) if labels else str(v) for v in ys])
-    axes[0, 0].invert_yaxis()
-    if hue and len(hues) > 1:
-        axes[0, -1].legend(title=hue, fontsize=8, title_fontsize=8, loc="best")
-    if title:
-        fig.suptitle(title, fontsize=10)
-    return fig
-
-
-def example_grid(images: Tensor, maps: Mapping[str, Mapping[Any, Tensor]], columns: Sequence[tuple[int, Any]], *,
-                 signed: Callable[[Any], bool] = is_input_layer, image_titles: Mapping[int, str] | None = None,
-                 row_labels: Mapping[str, str] | None = None, column_label: Callable[[Any], str] | None = None,
-                 quantile: float = 0.995, title: str | None = None, panel_size: float = 1.25):
-    """Example maps of many variants: one row per variant, one column per (image, layer).
-
-    ``images``: B x 3 x H x W in [0, 1]; ``maps[variant][layer]``: B x h x w;
-    ``columns``: (image index, layer) pairs; the first row shows the images. Maps at
-    layers where ``signed(layer)`` are drawn red (positive) / blue (negative) around a
-    white zero, the others with the sequential colormap. Each map is divided by the
-    ``quantile`` of its absolute values (clipped at 1), so a few extreme pixels do not
-    wash out the rest; one colorbar per colour scale.
-    """
-    import matplotlib.pyplot as plt
-    from matplotlib.cm import ScalarMappable
-    from matplotlib.colors import Normalize
-
-    from ..ui import viz
-
-    rows = list(maps)
-    fig, axes = plt.subplots(len(rows) + 1, len(columns), layout="constrained", squeeze=False,
-                             figsize=(panel_size * len(columns) + 2.6, panel_size * (len(rows) + 1) + 0.5))
-    used = {False: False, True: False}
-    for c, (i, layer) in enumerate(columns):
-        ax = axes[0, c]
-        ax.imshow(viz.as_image(images[i]))
-        viz.clean_axes(ax)
-        name = (image_titles or {}).get(i, f"image {i}")
-        ax.set_title(f"{name}\n{column_label(layer) if column_label else viz.layer_label(layer)}", fontsize=8)
-        for r, variant in enumerate(rows, start=1):
-            ax = axes[r, c]
-            m = maps[variant].get(layer)
-            if m is None:
-                viz.clean_axes(ax)
-                continue
-            s = bool(signed(layer))
-            m = m[i].detach().float().cpu()
-            scale = float(torch.quantile(m.abs().flatten(), quantile)) or float(m.abs().max()) or 1.0
-            m = (m / scale).clamp(-1.0 if s else 0.0, 1.0)
-            viz.show_map(ax, m, signed=s, normalize=False, vmax=1.0, size=tuple(images.shape[-2:]))
-            used[s] = True
-    for r, variant in enumerate(rows, start=1):
-        axes[r, 0].set_ylabel((row_labels or {}).get(variant, variant), fontsize=8, rotation=0, ha="right",
-                              va="center")
-    axes[0, 0].set_ylabel("image", fontsize=8, rotation=0, ha="right", va="center")
-    pct = f"{quantile * 100:g}th percentile"
-    for s in (False, True):
-        if used[s]:
-            norm = Normalize(-1, 1) if s else Normalize(0, 1)
-            cb = fig.colorbar(ScalarMappable(norm=norm, cmap=viz.DIVERGING_CMAP if s else viz.SEQUENTIAL_CMAP),
-                              ax=axes.ravel().tolist(), shrink=0.35, aspect=25, pad=0.01)
-            cb.set_label(f"signed relevance / {pct} of |R|" if s else f"relevance / {pct}", fontsize=8)
-            cb.ax.tick_params(labelsize=7)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    return fig

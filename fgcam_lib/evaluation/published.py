@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 
-from .runner import TABLES, table_number
-from .store import layer_key
-from ..methods.registry import PAPER_CAM_METHODS, PAPER_INPUT_METHODS, label
+from ..catalogue import METRIC_LABELS, METRICS, format_ci, layer_key, layer_label, method_label, metric_digits
+from ..methods.registry import PAPER_CAM_METHODS, PAPER_INPUT_METHODS
 from .stats import bootstrap_ci
+from .tables import TABLES, summarize, table_number
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -54,8 +54,8 @@ PROTOCOL: dict[str, Any] = {
     "rules": "z-beta at the input layer, z+ elsewhere",
 }
 
-#: metrics where a lower value is better (every other one: higher is better)
-LOWER_IS_BETTER: frozenset[str] = frozenset({"average_drop", "deletion"})
+#: metrics where a lower value is better (every other one: higher is better; from the catalogue)
+LOWER_IS_BETTER: frozenset[str] = frozenset(k for k, s in METRICS.items() if not s.higher_is_better)
 
 _L = ("33", "23", "13")
 _CAM = PAPER_CAM_METHODS     # grad_cam, fg_grad_cam, fg_grad_cam_denoise, score_cam, fg_score_cam,
@@ -150,7 +150,7 @@ def _records() -> list[tuple[int, str, str, str, float]]:
 _RECORDS = _records()
 _BY_KEY: dict[tuple[str, str, str], tuple[int, float]] = {(m, l, k): (t, v) for t, m, l, k, v in _RECORDS}
 
-# the table layouts are the evaluation runner's (one definition for both)
+# the table layouts are the evaluation tables' (fgcam_lib.evaluation.tables.TABLES: one definition for both)
 
 
 def published_value(method: str, layer: str | int, metric: str) -> float:
@@ -176,7 +176,7 @@ def published(table: int | str | None = None) -> "pd.DataFrame":
     import pandas as pd
 
     df = pd.DataFrame(_RECORDS, columns=["table", "method", "layer", "metric", "value"])
-    df.insert(2, "label", df["method"].map(label))
+    df.insert(2, "label", df["method"].map(method_label))
     if table is not None:
         df = df[df["table"] == table_number(table)].reset_index(drop=True)
     return df
@@ -203,7 +203,7 @@ def compare_table(
     """The paper's numbers and ours, cell by cell, for one of Tables 1-6.
 
     ``df``: tidy rows of :func:`fgcam_lib.evaluation.runner.run_evaluation` (one data set); our
-    means and percentile-bootstrap CIs come from :func:`fgcam_lib.evaluation.runner.summarize`.
+    means and percentile-bootstrap CIs come from :func:`fgcam_lib.evaluation.tables.summarize`.
     Returns one row per cell of the paper's table, index ``(layer, metric, method)``,
     columns ``label``, ``paper``, ``ours`` (mean over images), ``ci_low``, ``ci_high``,
     ``n`` (images), ``better`` (``"lower"`` or ``"higher"``). Cells we did not evaluate
@@ -214,8 +214,6 @@ def compare_table(
         paper 0.52089  ours 0.47...
     """
     import pandas as pd
-
-    from .runner import summarize
 
     number = table_number(table)
     methods, layers, metrics = TABLES[number]
@@ -231,7 +229,7 @@ def compare_table(
                 key = (m, layer, metric)
                 hit = summary is not None and key in summary.index
                 r = summary.loc[key] if hit else None
-                rows.append({"layer": layer, "metric": metric, "method": m, "label": label(m),
+                rows.append({"layer": layer, "metric": metric, "method": m, "label": method_label(m),
                              "paper": published_value(m, layer, metric),
                              "ours": float(r["mean"]) if hit else float("nan"),
                              "ci_low": float(r["ci_low"]) if hit else float("nan"),
@@ -247,11 +245,8 @@ def published_wide(table: int | str) -> "pd.DataFrame":
     Example:
         >>> published_wide(4)          # A.D. / A.I. of LRP ... FG-Score-CAM (denoising)
     """
-    from .runner import METRIC_LABELS
-
     df = published(table)
-    df = df.assign(layer=df["layer"].map(lambda l: "Input" if l == "input" else f"Layer{l}"),
-                   metric=df["metric"].map(lambda k: METRIC_LABELS.get(k, k)))
+    df = df.assign(layer=df["layer"].map(layer_label), metric=df["metric"].map(lambda k: METRIC_LABELS.get(k, k)))
     wide = df.pivot_table(index=["layer", "metric"], columns="label", values="value", aggfunc="first", sort=False)
     wide = wide[list(dict.fromkeys(df["label"]))]
     wide.columns.name = None
@@ -262,27 +257,19 @@ def format_comparison(comparison: "pd.DataFrame", digits: int | None = None) -> 
     """A :func:`compare_table` result laid out like the paper's table.
 
     Rows ``(layer, metric)``, one column per method (the paper's labels); each cell
-    ``"ours ± half-CI (paper)"``. ``digits``: decimals (default: 2 for A.D./A.I., which
-    are percent, 4 for the other metrics).
+    ``"ours ± half-CI (paper)"``. ``digits``: decimals (default:
+    :func:`~fgcam_lib.catalogue.metric_digits`, 2 for A.D./A.I., which are percent, 4 for
+    the other metrics).
     """
-    import pandas as pd
-
-    from .runner import METRIC_LABELS
-
-    def cell(r: pd.Series) -> str:
-        d = digits if digits is not None else (2 if r.name[1] in ("average_drop", "average_increase") else 4)
-        paper = f"({r['paper']:.{d}f})"
-        if not np.isfinite(r["ours"]):
-            return f"n/a {paper}"
-        half = (r["ci_high"] - r["ci_low"]) / 2 if np.isfinite(r["ci_low"]) else float("nan")
-        ours = f"{r['ours']:.{d}f}" + (f" ± {half:.{d}f}" if np.isfinite(half) else "")
-        return f"{ours} {paper}"
+    def cell(r: "pd.Series") -> str:
+        d = metric_digits([r.name[1]], digits)
+        return f"{format_ci(r['ours'], r['ci_low'], r['ci_high'], d)} ({r['paper']:.{d}f})"
 
     text = comparison.apply(cell, axis=1).rename("cell").reset_index()
     text["metric"] = text["metric"].map(lambda k: METRIC_LABELS.get(k, k))
-    text["layer"] = text["layer"].map(lambda l: "Input" if l == "input" else f"Layer{l}")
-    order = list(dict.fromkeys(label(m) for m in comparison.index.get_level_values("method")))
-    text["method"] = text["method"].map(label)
+    text["layer"] = text["layer"].map(layer_label)
+    order = list(dict.fromkeys(method_label(m) for m in comparison.index.get_level_values("method")))
+    text["method"] = text["method"].map(method_label)
     wide = text.pivot_table(index=["layer", "metric"], columns="method", values="cell", aggfunc="first", sort=False)
     wide = wide[order]
     wide.columns.name = "ours ± CI half-width (paper)"
@@ -312,9 +299,7 @@ class Claim:
     def describe(self) -> str:
         def side(ml: tuple[str, str]) -> str:
             m, l = ml
-            return f"{label(m)}@{'input' if l == 'input' else 'Layer' + l}"
-
-        from .runner import METRIC_LABELS
+            return f"{method_label(m)}@{'input' if l == 'input' else layer_label(l)}"
 
         sign = "<" if self.lower_is_better else ">"
         return f"{side(self.a)} {sign} {side(self.b)} on {METRIC_LABELS.get(self.metric, self.metric)}"

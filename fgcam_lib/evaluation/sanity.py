@@ -19,7 +19,7 @@ columns compare absolute values, so a sign flip of a signed map is not counted a
 
     >>> groups = randomization_groups(model)                      # [["classifier.1"], ["features.40", "features.41"], ...]
     >>> df = cascading(model, pre, x, None, [("fg_grad_cam", "input"), ("lrp", "input")], groups)
-    >>> summary = mean_ci(df, ["method", "layer", "step"], ["spearman_abs", "ssim_abs"])
+    >>> summary = summarize_values(df, ["method", "layer", "step"], ["spearman_abs", "ssim_abs"])
 
 pandas and scipy are imported inside the functions that tabulate.
 """
@@ -33,7 +33,6 @@ import torch
 from torch import Tensor, nn
 
 from . import metrics as M
-from . import stats
 from ..methods.base import Target
 from ..methods.fgcam import FGCAM, denoise
 from ..engine.graph import graph_of
@@ -43,7 +42,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = [
-    "ABLATIONS", "randomization_groups", "randomized_copy", "cascading", "mean_ci", "randomization_verdict",
+    "ABLATIONS", "randomization_groups", "randomized_copy", "cascading", "summarize_values", "mean_ci",
+    "randomization_verdict",
     "class_sensitivity", "AblatedFGCAM", "ablate_weights", "weight_ablation", "runner_up",
 ]
 
@@ -103,7 +103,7 @@ def randomized_copy(model: nn.Module, groups: Sequence[Sequence[str]], step: int
     out = copy.deepcopy(model)
     names = [name for group in groups[:step] for name in group]
     for q, name in enumerate(names):
-        M._reset_parameters(out.get_submodule(name), seed + q)
+        M.reset_parameters(out.get_submodule(name), seed + q)
     return out
 
 
@@ -162,7 +162,7 @@ def cascading(
     return pd.concat(frames, ignore_index=True)
 
 
-def mean_ci(
+def summarize_values(
     df: "pd.DataFrame",
     by: Sequence[str],
     values: Sequence[str],
@@ -171,24 +171,30 @@ def mean_ci(
     n_resamples: int = 1000,
     seed: int = 0,
 ) -> "pd.DataFrame":
-    """Mean and percentile-bootstrap CI over rows (images) of each group.
+    """Mean and percentile-bootstrap CI over rows (images) of each group, for several value columns.
 
     Returns index ``by``, columns ``<value>`` (mean), ``<value>_low``, ``<value>_high``,
     ``<value>_n`` (finite values) for each of ``values``, and ``n`` (rows in the group).
-    NaNs are dropped per value.
+    NaNs are dropped per value. The wide form of :func:`fgcam_lib.evaluation.tables.group_ci`
+    (one random stream from ``seed`` for all groups).
+
+    Example:
+        >>> summarize_values(cascading_rows, ["method", "layer", "step"], ["spearman_abs"]).loc[("lrp", "input", 1)]
     """
     import pandas as pd
-    rng = np.random.default_rng(seed)  # one stream for all groups
-    rows = []
-    for key, g in df.groupby(list(by), sort=False):
-        key = key if isinstance(key, tuple) else (key,)
-        row = dict(zip(by, key))
-        for v in values:
-            row[v], row[f"{v}_low"], row[f"{v}_high"], row[f"{v}_n"] = stats.mean_ci(
-                g[v].to_numpy(float), confidence=confidence, n_resamples=n_resamples, seed=rng)
-        row["n"] = len(g)
-        rows.append(row)
-    return pd.DataFrame(rows).set_index(list(by))
+
+    from .tables import group_ci
+
+    rng = np.random.default_rng(seed)
+    parts = [group_ci(df, list(by), v, confidence=confidence, n_resamples=n_resamples, seed=rng).set_axis(
+        [v, f"{v}_low", f"{v}_high", f"{v}_n"], axis=1) for v in values]
+    out = pd.concat(parts, axis=1)
+    out["n"] = df.groupby(list(by), sort=False, dropna=False).size().reindex(out.index)
+    return out
+
+
+#: the former name of :func:`summarize_values` (it clashed with :func:`fgcam_lib.evaluation.stats.mean_ci`)
+mean_ci = summarize_values
 
 
 def randomization_verdict(
@@ -199,7 +205,7 @@ def randomization_verdict(
 ) -> "pd.DataFrame":
     """Per (method, layer): does the map survive randomising the top ``step`` groups?
 
-    ``summary``: :func:`mean_ci` of :func:`cascading` rows by ``["method", "layer",
+    ``summary``: :func:`summarize_values` of :func:`cascading` rows by ``["method", "layer",
     "step"]``. At ``step``, ``"insensitive (fails)"`` when the CI of the mean ``value``
     lies above ``threshold`` (the map stays similar to the original although the layers
     above it are random), ``"sensitive (passes)"`` when it lies below, ``"unclear"``

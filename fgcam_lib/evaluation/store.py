@@ -13,7 +13,8 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from ..methods.registry import is_input_layer, supports
+from ..catalogue import layer_key  # re-exported: rows store layers by this key
+from ..methods.registry import supports
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -27,14 +28,6 @@ DTYPES: dict[str, str] = {
     "data": "object", "image_id": "object", "index": "int64", "label": "int64", "target": "int64",
     "method": "object", "layer": "object", "metric": "object", "value": "float64",
 }
-
-
-def layer_key(layer: str) -> str:
-    """``"features.33"`` / ``"33"`` -> ``"33"``; ``"-1"`` -> ``"input"``."""
-    layer = str(layer)
-    if is_input_layer(layer):
-        return "input"
-    return layer[len("features."):] if layer.startswith("features.") else layer
 
 
 # ------------------------------------------------------------------------------ storage

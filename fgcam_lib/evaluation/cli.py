@@ -1,0 +1,181 @@
+"""``python -m fgcam_lib.evaluation``: the evaluation runner's command line.
+
+    python -m fgcam_lib.evaluation --model bundled --data benchmark:test --n 8 --methods grad_cam,fg_grad_cam
+
+Parses the options, loads the model and the data sets the protocol asks for, runs
+:func:`fgcam_lib.evaluation.runner.run_evaluation` on each and prints the summary
+(:mod:`fgcam_lib.evaluation.tables`).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from ..catalogue import METRIC_GROUPS
+from ..methods.registry import METHODS, PAPER_CAM_METHODS, PAPER_INPUT_METHODS, supports
+from .runner import LOCALIZATION_GROUPS, check_request, run_evaluation
+from .tables import format_table, summarize, table_number, throughput_table
+
+__all__ = ["build_parser", "main"]
+
+
+def _split_list(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's options."""
+    from ..data.scenes import SPLITS
+
+    p = argparse.ArgumentParser(
+        prog="python -m fgcam_lib.evaluation",
+        description="Evaluate explanation methods (faithfulness, localization) as in the FG-CAM paper.",
+    )
+    p.add_argument("--model", default="bundled",
+                   help="'bundled' or a torchvision CNN (vgg16_bn, resnet50, densenet121, efficientnet_b0, ...)")
+    p.add_argument("--weights", default=None, help="checkpoint path, or 'random' for an untrained network")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--data", default="benchmark:test",
+                   help=f"benchmark:<split> ({', '.join(SPLITS)}), imagenet:<val folder> "
+                        "(empty folder: FGCAM_IMAGENET_* env vars), or a folder of images")
+    p.add_argument("--boxes", default=None, help="ImageNet boxes: XML folder or LOC_val_solution.csv")
+    p.add_argument("--synsets", default=None, help="ImageNet LOC_synset_mapping.txt")
+    p.add_argument("--scene-seed", type=int, default=None, help="benchmark scene seed (default: the model card's)")
+    p.add_argument("--protocol", choices=("custom", "paper"), default="custom",
+                   help="paper: faithfulness metrics on 2000 random images, localization on 500 images "
+                        "with one box covering <= 50%% of the image")
+    p.add_argument("--n", type=int, default=None,
+                   help="images (default 500; paper protocol: faithfulness images, default 2000). "
+                        "With insdel, all methods and layers take hours on a CPU: try --n 8 first")
+    p.add_argument("--n-loc", type=int, default=None, help="paper protocol: localization images (default 500)")
+    p.add_argument("--methods", default=",".join(dict.fromkeys(PAPER_CAM_METHODS + PAPER_INPUT_METHODS)),
+                   help=f"comma-separated, of {', '.join(METHODS)} (default: the paper's Tables 1-6)")
+    p.add_argument("--layers", default=None,
+                   help="comma-separated: indices into model.features, layer names or 'input'; "
+                        "a method is skipped where it is not defined (a CAM at the input). Default: "
+                        "33,23,13,input on VGG; elsewhere the layers at 1/16, 1/8, 1/4 of the input "
+                        "(ResNet: layer3,layer2,layer1) and input")
+    p.add_argument("--metrics", default="adai,insdel,proportion", help=f"of {', '.join(METRIC_GROUPS)}")
+    p.add_argument("--target", choices=("pred", "true"), default="pred",
+                   help="class explained: the clean image's top-1 (pred) or the label (true)")
+    p.add_argument("--out", default=None, help="results file (.csv) or folder (.parquet); resumes if present")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=8, help="images per explainer call")
+    p.add_argument("--metric-batch-size", type=int, default=None,
+                   help="perturbed images per forward pass (default: 64 up to 128 px, 16 above)")
+    p.add_argument("--throughput", action="store_true", help="print images/s per method at the end")
+    p.add_argument("--table", default=None, help="print the paper's tables 1-6, e.g. 1,2,3 (default: a summary)")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def _load_model(args: argparse.Namespace) -> tuple[nn.Module, Any]:
+    from ..data.models import load_model
+
+    torch.manual_seed(args.seed)  # a "random" model is then the same on every (resumed) run
+    return load_model(args.model, weights=args.weights, device=args.device)
+
+
+def _datasets(args: argparse.Namespace, model: nn.Module, size: int) -> list[tuple[str, Any, int, list[str]]]:
+    """(data name, dataset, n, metric options) for each evaluation the arguments ask for."""
+    from ..data.images import ImageFolderDataset, ImageNetVal
+    from ..data.scenes import SyntheticScenes
+
+    metrics = _split_list(args.metrics)
+    paper = args.protocol == "paper"
+    n_faith = args.n if args.n is not None else (2000 if paper else 500)
+    n_loc = args.n_loc if args.n_loc is not None else (500 if paper else n_faith)
+    faith = [m for m in metrics if m not in LOCALIZATION_GROUPS] if paper else metrics
+    loc = [m for m in metrics if m in LOCALIZATION_GROUPS] if paper else []
+    kind, _, rest = args.data.partition(":")
+    if kind == "benchmark":
+        card = getattr(model, "card", {}) or {}
+        seed = args.scene_seed if args.scene_seed is not None else int(card.get("scene_seed", 0))
+        split = rest or "test"
+        out = [(f"benchmark:{split}", SyntheticScenes(split, n_faith, seed=seed, size=size), n_faith, faith)]
+        if loc:
+            out.append(("benchmark:loc", SyntheticScenes("loc", n_loc, seed=seed, size=size), n_loc, loc))
+    elif kind == "imagenet":
+        boxes = args.boxes or os.environ.get("FGCAM_IMAGENET_BOXES")
+        synsets = args.synsets or os.environ.get("FGCAM_IMAGENET_SYNSETS")
+        ds = ImageNetVal(rest, boxes=boxes, synsets=synsets, size=size) if rest else ImageNetVal.from_env(size)
+        name = f"imagenet:{Path(rest).name if rest else 'env'}"
+        out = [(name, ds.random_subset(n_faith, args.seed) if paper else ds, n_faith, faith)]
+        if loc:
+            out.append((f"{name}:loc", ds.localization_subset().random_subset(n_loc, args.seed), n_loc, loc))
+    else:
+        ds = ImageFolderDataset(args.data, size=size)
+        dropped = [m for m in metrics if m in LOCALIZATION_GROUPS]
+        if dropped:
+            print(f"note: {args.data} has no boxes; skipping {', '.join(dropped)}", file=sys.stderr)
+        out = [(f"folder:{Path(args.data).name}", ds, n_faith, [m for m in faith if m not in LOCALIZATION_GROUPS])]
+    return [o for o in out if o[3]]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status."""
+    import pandas as pd
+
+    from ..data.models import WeightsNotFoundError
+
+    args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    methods = _split_list(args.methods)
+    try:
+        check_request(methods, _split_list(args.metrics))
+        tables = [table_number(t) for t in _split_list(args.table or "")]
+        model, preprocess = _load_model(args)
+        if args.layers is None:
+            from ..methods.registry import paper_layers
+
+            layers = [*paper_layers(model, int(getattr(preprocess, "size", 224))), "input"]
+        else:
+            layers = _split_list(args.layers)
+        for layer in layers:  # a typo must stop the run, not skip the layer
+            supports(methods[0], layer, model)
+        size = int(getattr(preprocess, "size", 224))
+        plan = _datasets(args, model, size)
+    except (WeightsNotFoundError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    skipped = [f"{m}@{l}" for m in methods for l in layers if not supports(m, l, model)]
+    if skipped:
+        print(f"note: not defined, skipped: {', '.join(skipped)}", file=sys.stderr)
+    mbs = args.metric_batch_size or (64 if size <= 128 else 16)
+    frames = []
+    for name, ds, n, metrics in plan:
+        try:
+            frames.append(run_evaluation(model, preprocess, ds, methods, layers, metrics, n=n, out=args.out,
+                                         seed=args.seed, batch_size=args.batch_size, progress=not args.no_progress,
+                                         target=args.target, data_name=name, metric_batch_size=mbs))
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+    df = pd.concat(frames, ignore_index=True)
+    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.max_rows", 500):
+        if tables:
+            for t in tables:
+                print(f"\nTable {t}\n{format_table(summarize(df, table=t)).to_string()}")
+        else:
+            print(format_table(summarize(df)).to_string())
+        if args.throughput:
+            timing: dict[str, dict[str, float]] = {}
+            for f in frames:
+                for m, t in f.attrs.get("throughput", {}).items():
+                    acc = timing.setdefault(m, {"images": 0, "explain_s": 0.0, "metrics_s": 0.0})
+                    for k in acc:
+                        acc[k] += t[k]
+            print("\nThroughput (images/s; this run's computed images)\n" + throughput_table(timing).to_string())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
