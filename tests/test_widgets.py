@@ -275,6 +275,38 @@ def test_show_builds_controls_that_drive_update(model_and_images, monkeypatch):
     assert "bad.png" in ws["message"].value
 
 
+def test_view_labels_are_not_cut(model_and_images):
+    pytest.importorskip("ipywidgets")
+    app = _fresh(model_and_images)
+    app.set(k=2)
+    app.show()
+    described = [w for w in app._widgets.values() if getattr(w, "description", "") and hasattr(w, "style")
+                 and hasattr(w.style, "description_width")]
+    assert {"rank fraction", "SVD denoising", "signed (red/blue)"} <= {w.description for w in described}
+    assert all(w.style.description_width == "initial" for w in described)
+
+
+def test_view_error_clears_the_figure_and_a_fork_leaves_the_app_alone(model_and_images, monkeypatch):
+    pytest.importorskip("ipywidgets")
+    app = _fresh(model_and_images)
+    app.set(k=2)
+    ui = app.show()
+    ws = app._widgets
+    start = (app.settings, ws["view"].value, ws["method"].value, ws["layer"].value)
+    lab = app.fork()  # what the notebook's headless cells use
+    monkeypatch.setattr(ExplorerFigure, "png", lambda self, dpi=None: b"\x89PNG stub")
+    lab.update(method="grad_cam", layer=33)
+    assert (app.settings, ws["view"].value, ws["method"].value, ws["layer"].value) == start
+    bundle = ui._repr_mimebundle_()  # the live widget, and a picture for a saved copy
+    assert "application/vnd.jupyter.widget-view+json" in bundle and "image/png" in bundle
+    assert "VBox" not in bundle["text/plain"]
+    ws["method"].value = "grad_cam"  # at the input: only the message, no figure of the earlier settings
+    assert app.error and "input" in ws["message"].value
+    assert ws["view"].value == b"" and ws["view"].layout.display == "none"
+    ws["layer"].value = 33
+    assert ws["message"].value == "" and ws["view"].value == b"\x89PNG stub" and ws["view"].layout.display != "none"
+
+
 def test_explorer_on_a_resnet():
     """Beyond VGG: stage outputs by name, and the explorer's FG-CAM map is the explainer's."""
     import torchvision
