@@ -65,6 +65,22 @@ def test_explainers_come_from_the_registry(app, monkeypatch):
     assert app.explainer("fg_cam", "score_cam", "canonical") is fg and len(made) == 2  # cached
 
 
+def test_rules_change_propagates_with_the_new_rules(parts, app):
+    """Step 1 is shared across rules, the propagation is not: at the input the presets differ."""
+    model, pre, images = parts
+    x = pre(images[0][1][None])
+    maps = {}
+    for rules in ("paper", "canonical", "paper"):
+        app.set(image=0, method="fg_grad_cam", layer="input", rules=rules, denoise=False)
+        maps[rules] = app.current_map()
+        ref = FGCAM(model, rules=rules, mean=pre.mean, std=pre.std)(x, layer="input")[0]
+        assert torch.allclose(maps[rules], ref, rtol=1e-4, atol=1e-6 * float(ref.abs().max())), rules
+    assert not torch.allclose(maps["paper"], maps["canonical"])
+    assert app.calls["top"] == 1 and app.calls["trace"] == 1
+    expl, _ = app.explanation(app.set(rules="canonical", layer=43))
+    assert expl.weights is not None  # the CAM weights carried over to the other rules
+
+
 # ------------------------------------------------------------------ issue 11: the class menu
 def test_class_menu_has_a_real_predicted_value(app):
     """ipywidgets shows a menu whose value is None as blank: the predicted option has a real value."""

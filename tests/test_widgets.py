@@ -201,6 +201,7 @@ def test_fraction_change_reuses_forward(model_and_images):
     app.set(rules="canonical")  # rules change: a new propagation, the same top components
     app.current_map()
     assert app.calls["top"] == before["top"] and app.calls["propagate"] == before["propagate"] + 2
+    assert app.calls["trace"] == before.get("trace", 0) + 1  # the canonical rules' trace, without gradients
     counts = dict(app.calls)
     app.set(layer=23)  # every pooling layer came out of the same propagation
     app.current_map()

@@ -15,9 +15,10 @@ lists and shows; the ipywidgets view (:mod:`.widgets`) only mirrors it and calls
 Explainers come from the method registry (:func:`fgcam_lib.methods.make_explainer`), FG-CAM's
 step 1 from :class:`~fgcam_lib.methods.components.TopComponents`. Caching: explainers per
 (method, base, rules); the predicted-class forward per image; step 1 per (image, class,
-base), so changing the rank fraction or the rules only re-runs denoising and the
+base), so changing the rank fraction only re-runs denoising and the propagation, and
+changing the rules a forward without gradients (the trace of the other rules) and the
 propagation; each explanation's components at every pooling layer and the input, so
-changing the layer is free. ``app.calls`` counts forwards (``"forward"``, ``"top"``,
+changing the layer is free. ``app.calls`` counts forwards (``"forward"``, ``"top"``, ``"trace"``,
 ``"explain"``) and propagations (``"propagate"``).
 """
 from __future__ import annotations
@@ -174,7 +175,7 @@ class Explorer:
         self.max_cached, self.display_dpi = max_cached, display_dpi
         self._explainers: dict[Hashable, Explainer] = {}
         self._probs: dict[int, Tensor] = {}
-        self._tops: OrderedDict[Hashable, TopComponents] = OrderedDict()
+        self._tops: OrderedDict[Hashable, tuple[TopComponents, Tensor | None]] = OrderedDict()
         self._results: OrderedDict[Hashable, Explanation] = OrderedDict()
 
     def fork(self) -> Explorer:
@@ -295,14 +296,26 @@ class Explorer:
         pos = {self.graph.position(layer) for layer in self.layers} | {extra}
         return sorted(p for p in pos if upto is None or self.graph.reaches(p, upto))
 
-    def _top(self, s: Settings, target: int, fg: FGCAM) -> TopComponents:
-        """FG-CAM step 1, cached per (image, class, base); the rules do not enter it."""
-        key = (s.image, target, s.base)
+    def _top(self, s: Settings, target: int, fg: FGCAM) -> tuple[TopComponents, Tensor | None]:
+        """FG-CAM step 1 with ``fg``'s rules and its CAM weights, cached per (image, class, base, rules).
+
+        The components do not depend on the rules, but the trace they are pushed down with does:
+        under other rules, step 1's components are reused and only a forward without gradients
+        runs (``calls["trace"]``), not step 1 again (``calls["top"]``).
+        """
+        key = (s.image, target, s.base, s.rules)
         if key not in self._tops:
-            self.calls["top"] += 1
-            with torch.enable_grad():
-                top = TopComponents(fg, self._input(s.image), target)
-            _cache_put(self._tops, key, top, 2)
+            done = next((t for k, t in self._tops.items() if k[:3] == key[:3]), None)
+            if done is None:
+                self.calls["top"] += 1
+                with torch.enable_grad():
+                    top = TopComponents(fg, self._input(s.image), target)
+                weights = top.weights
+            else:
+                self.calls["trace"] += 1
+                top = TopComponents(fg, self._input(s.image), target, source=lambda x, t: done[0].components)
+                weights = done[1]
+            _cache_put(self._tops, key, (top, weights), 4)
         self._tops.move_to_end(key)
         return self._tops[key]
 
@@ -313,12 +326,12 @@ class Explorer:
         if not self.graph.reaches(position, L):
             raise ValueError(f"FG-CAM explains at the component layer {layer_label(self.graph.name(L))} "
                              f"or below it, not at {layer_label(self.graph.name(position))}")
-        top = self._top(s, target, fg)
+        top, weights = self._top(s, target, fg)
         I = denoise(top.components, s.fraction) if s.denoise else top.components
         self.calls["propagate"] += 1
         names = {p: self.graph.name(p) for p in self._positions(position, L)}
         R = top.propagate(I, list(names.values()))
-        return Explanation({p: R[n] for p, n in names.items()}, top.target, top.logits, top.weights,
+        return Explanation({p: R[n] for p, n in names.items()}, top.target, top.logits, weights,
                            {"top": top.components})
 
     def _other_explanation(self, s: Settings, target: int, position: int) -> Explanation:

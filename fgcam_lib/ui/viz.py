@@ -84,11 +84,12 @@ def light_png(source: Figure | SubFigure | str | Path, width: int = 1000, colour
     return out.getvalue()
 
 
-def keep(fig: Figure | SubFigure, path: str | Path, width: int = 1000) -> Path:
+def keep(fig: Figure | SubFigure, path: str | Path, width: int = 1000) -> None:
     """Save ``fig`` under ``path`` (full resolution) and show a light copy of the file in the notebook.
 
     The copy (:func:`light_png`) is what the notebook stores, whatever the matplotlib backend;
-    a pyplot figure is closed, so it is not shown twice. Outside IPython it only saves.
+    a pyplot figure is closed, so it is not shown twice. Outside IPython it only saves
+    (:func:`save` returns the path).
 
         >>> keep(grid(x_display, maps), f"{FIG_DIR}/02_denoise_layers.png")
     """
@@ -98,9 +99,8 @@ def keep(fig: Figure | SubFigure, path: str | Path, width: int = 1000) -> Path:
     try:
         from IPython.display import Image, display
     except ImportError:
-        return path
+        return
     display(Image(data=light_png(path, width)))
-    return path
 
 
 # ------------------------------------------------------------------ show ------------
