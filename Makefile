@@ -4,6 +4,8 @@
 PY := .venv/bin/python
 VENV_STAMP := .venv/.installed
 LAB_PORT ?= 8888
+# Jupyter refuses to run as root unless told; containers often run as root
+LAB_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 .PHONY: test test-lib test-notebooks demo venv bench lab
 
@@ -37,4 +39,4 @@ bench: venv
 
 lab: venv
 	@echo "==> JupyterLab on notebooks/ at http://127.0.0.1:$(LAB_PORT)/lab (the URL with its token is printed below; Ctrl-C stops it)"
-	$(PY) -m jupyter lab --ServerApp.root_dir=notebooks --ServerApp.ip=127.0.0.1 --ServerApp.port=$(LAB_PORT) --ServerApp.open_browser=$(if $(LAB_BROWSER),True,False)
+	$(PY) -m jupyter lab --ServerApp.root_dir=notebooks --ServerApp.ip=127.0.0.1 --ServerApp.port=$(LAB_PORT) --ServerApp.open_browser=$(if $(LAB_BROWSER),True,False) $(LAB_ROOT)
