@@ -93,3 +93,12 @@ def test_command_line_run_writes_card_and_state(tmp_path: Path) -> None:
     assert on_disk["command"].startswith("python -m fgcam_lib.data.train --tiny")
     assert Path(str(out) + ".ckpt").is_file()
     assert on_disk["train_config"]["hidden"] == TINY["hidden"]
+
+
+def test_init_loads_the_matching_tensors_only(tmp_path: Path) -> None:
+    base = train(_tiny(tmp_path, "base", epochs=1))
+    fc = train(_tiny(tmp_path, "fc", epochs=1, arch="bundled_vgg16bn_fc", init=tmp_path / "base" / "m.pt"))
+    prior = fc["fine_tuned_from"]
+    n_features = sum(1 for k in torch.load(tmp_path / "base" / "m.pt", weights_only=True)["state_dict"]
+                     if k.startswith("features."))
+    assert prior["tensors_loaded"] == n_features and prior["arch"] == base["arch"] == "bundled"
