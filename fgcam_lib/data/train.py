@@ -122,8 +122,8 @@ class TrainConfig:
 
 _FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
 _PATH_FIELDS = {n for n, t in _FIELD_TYPES.items() if "Path" in str(t)}
-_RESULT_FIELDS = [f.name for f in dataclasses.fields(TrainConfig)][:[f.name for f in dataclasses.fields(
-    TrainConfig)].index("threads")]
+_FIELD_NAMES = [f.name for f in dataclasses.fields(TrainConfig)]
+_RESULT_FIELDS = _FIELD_NAMES[:_FIELD_NAMES.index("threads")]  # the ones that decide the weights
 
 
 def _coerce(name: str, v: Any) -> Any:
