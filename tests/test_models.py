@@ -130,13 +130,15 @@ def test_pairs_metric() -> None:
     assert soft_targets(classes, 3).tolist() == [[0.5, 0.5, 0.0], [0.5, 0.5, 0.0]]
 
 
-@pytest.mark.skipif(not BUNDLED_CHECKPOINT.is_file(),
-                    reason=f"bundled checkpoint {BUNDLED_CHECKPOINT} not trained yet (python -m fgcam_lib.data.train)")
-def test_bundled_checkpoint_reproduces_card_accuracy() -> None:
-    model, pre = load_model("bundled")
+@pytest.mark.parametrize("name", list(BUNDLED_MODELS))
+def test_bundled_checkpoint_reproduces_card_accuracy(name: str) -> None:
+    ckpt, card_path = bundled_paths(name)
+    if not ckpt.is_file():
+        pytest.skip(f"{ckpt} not trained yet (TRAINING.md)")
+    model, pre = load_model(name)
     card = model_card(model)
     assert card["classes"] == CLASSES
-    assert json.loads(models.BUNDLED_CARD.read_text())["test_accuracy"] == card["test_accuracy"]
+    assert json.loads(card_path.read_text())["test_accuracy"] == card["test_accuracy"]
     ds = SyntheticScenes("test", n=200, seed=card.get("scene_seed", 0), size=card["input_size"])
     images, classes = ds.to_tensors()
     with torch.no_grad():
