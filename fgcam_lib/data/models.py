@@ -403,7 +403,8 @@ def load_model(name: str, weights: str | os.PathLike | None = None, device: str 
 
         close = difflib.get_close_matches(name, list(dict.fromkeys(MODEL_NAMES + tuple(_torchvision_classifiers()))), n=3)
         hint = f" (closest: {', '.join(close)})" if close else ""
-        raise ValueError(f"unknown model {name!r}{hint}; use 'bundled' or a torchvision classifier such as "
+        raise ValueError(f"unknown model {name!r}{hint}; use {', '.join(map(repr, BUNDLED_MODELS))} or a "
+                         "torchvision classifier such as "
                          "vgg16_bn, resnet50, densenet121, mobilenet_v2, efficientnet_b0, convnext_tiny")
     return model.to(device).eval(), preprocess
 
