@@ -448,3 +448,16 @@ def test_import_is_light() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_images_module_keeps_its_names_after_the_split() -> None:
+    """``fgcam_lib.data.images`` re-exports what moved to readers, photos and imagenet."""
+    from fgcam_lib.data import images, imagenet, photos, readers
+
+    old = ["IMAGENET_ENV_VARS", "SAMPLE_PHOTOS", "DEFAULT_SAMPLE_PHOTOS", "ImageFolderDataset", "ImageNetVal",
+           "SamplePhoto", "collate", "image_extensions", "load_image", "load_images", "read_synset_mapping",
+           "sample_photos", "VARIABLE_KEYS", "_as_hw", "_resize", "_center_square", "_open_pil", "_pil_to_rgb_array"]
+    assert all(hasattr(images, name) for name in old)
+    assert images.load_image is readers.load_image and images.ImageNetVal is imagenet.ImageNetVal
+    assert images.sample_photos is photos.sample_photos and images.to_batch is readers.to_batch
+    assert set(data.__all__) <= set(dir(data))
