@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -102,3 +103,25 @@ def test_init_loads_the_matching_tensors_only(tmp_path: Path) -> None:
     n_features = sum(1 for k in torch.load(tmp_path / "base" / "m.pt", weights_only=True)["state_dict"]
                      if k.startswith("features."))
     assert prior["tensors_loaded"] == n_features and prior["arch"] == base["arch"] == "bundled"
+
+
+@pytest.mark.skipif(os.environ.get("FGCAM_QUICK") == "1", reason="a subprocess: ~10-20 s; runs in the full suite")
+def test_killed_process_resumes_to_the_same_weights(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    ref = train(_tiny(tmp_path, "ref", epochs=3))
+    cut = _tiny(tmp_path, "killed", epochs=3, ckpt_steps=1)
+    args = ["--tiny", "--epochs", "3", "--ckpt-steps", "1", "--threads", "1", "--log-steps", "0", "--out", str(cut.out)]
+    proc = subprocess.Popen([sys.executable, "-m", "fgcam_lib.data.train", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while not checkpoint_path(cut).is_file() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)  # wherever it is: the state file is either the old or the new one
+    proc.wait()
+    resumed = train(TrainConfig.from_dict({**cut.to_dict(), "resume": True}))
+    assert resumed["fingerprint"] == ref["fingerprint"] and resumed["steps"] == ref["steps"]
+    assert resumed["resumes"] == 1
