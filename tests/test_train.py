@@ -105,7 +105,7 @@ def test_init_loads_the_matching_tensors_only(tmp_path: Path) -> None:
     assert prior["tensors_loaded"] == n_features and prior["arch"] == base["arch"] == "bundled"
 
 
-@pytest.mark.skipif(os.environ.get("FGCAM_QUICK") == "1", reason="a subprocess: ~10-20 s; runs in the full suite")
+@pytest.mark.skipif(os.environ.get("FGCAM_QUICK") == "1", reason="a subprocess, ~10-20 s: runs in make test-lib")
 def test_killed_process_resumes_to_the_same_weights(tmp_path: Path) -> None:
     import signal
     import subprocess
