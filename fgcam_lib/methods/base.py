@@ -21,7 +21,7 @@ and un-normalised pixels in [0, 255] stop the call with one line saying what to 
     >>> maps = explainer(x, layer=13, upsample=True)     # B x H x W, bilinear from the layer
     >>> expl = explainer.explain(x, layer=[13, "input"])
     >>> expl                                             # layers, shapes, target, top classes
-    Explanation(target=[3], top=[[3: 0.98, 1: 0.01, 6: 0.00]], components={13: 1x64x24x24, 'input': 1x3x96x96}, weights=1x64)
+    Explanation(target=[3], top=[[3: 0.98, 1: 0.01, 6: 0.00]], components={13: 1x16x24x24, 'input': 1x3x96x96}, weights=1x64)
 """
 from __future__ import annotations
 
