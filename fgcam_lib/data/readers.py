@@ -242,7 +242,7 @@ def _one(item: Any, size: Size) -> Tensor:
             raise TypeError("got an array of strings; pass the paths as a list")
         t, channels_first = torch.from_numpy(np.ascontiguousarray(item)), False  # numpy: H x W x C
     elif isinstance(item, Tensor):
-        t, channels_first = item.detach(), True  # torch: C x H x W
+        t, channels_first = item, True  # torch: C x H x W (gradients kept)
     else:
         raise TypeError(f"expected a path, a PIL image, an array or tensor, or a list of them, "
                         f"not {type(item).__name__}")
