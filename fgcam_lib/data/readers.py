@@ -213,16 +213,17 @@ def _unit_range(t: Tensor) -> Tensor:
     if t.dtype == torch.uint8:
         return t.float() / 255.0
     if not t.is_floating_point():
-        top = 65535.0 if t.dtype in (torch.int32, torch.int64) and int(t.max()) > 255 else 255.0
+        t = t.to(torch.int64)  # torch has no min/max for uint16
+        top = 65535.0 if int(t.max()) > 255 else 255.0  # 16-bit grey photos
         if int(t.min()) < 0 or int(t.max()) > top:
             raise ValueError(f"integer pixels must lie in [0, 255] (or [0, 65535]), got [{int(t.min())}, {int(t.max())}]")
         return t.float() / top
     t = t.float()
-    finite = torch.isfinite(t)
+    finite = torch.isfinite(t.detach())
     if not bool(finite.all()):
         raise ValueError(f"the image has {t.numel() - int(finite.sum())} NaN or infinite value(s); "
                          "fix it (torch.nan_to_num) or reload the file")
-    lo, hi = float(t.min()), float(t.max())
+    lo, hi = float(t.detach().min()), float(t.detach().max())
     if hi > 1 + RANGE_TOLERANCE and lo >= 0:
         raise ValueError(f"float pixels must lie in [0, 1], these reach {hi:.4g}: divide by 255 "
                          "(x / 255) or pass uint8 pixels")
