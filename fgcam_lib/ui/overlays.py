@@ -227,7 +227,7 @@ def show_map(
     ``mode``; without either it is drawn at its own resolution (``mode`` picks the
     display interpolation). ``normalize``: scale to [0, 1] / [-1, 1]; otherwise the
     colour scale is ``[min, max]`` / ``[-vmax, vmax]`` of the data unless ``vmax`` is
-    given. ``weighted``: the blend's opacity grows with ``|value|`` up to ``alpha``, so
+    given. ``weighted``: the blend's opacity grows with ``sqrt |value|`` up to ``alpha``, so
     the image shows unchanged where the map is zero. Returns the mappable, for a shared colorbar.
     """
     raw = as_map(map)
@@ -239,7 +239,8 @@ def show_map(
     if image is not None:
         rgb = as_image(image)
         scaled = np.clip(norm(as_array(upsample(m, rgb.shape[:2], mode))), 0.0, 1.0)
-        a = alpha * (np.abs(2.0 * scaled - 1.0) if signed else scaled)[..., None] if weighted else alpha
+        # square root: weak evidence stays visible next to a few strong pixels
+        a = alpha * np.sqrt(np.abs(2.0 * scaled - 1.0) if signed else scaled)[..., None] if weighted else alpha
         ax.imshow(np.clip((1.0 - a) * rgb + a * colours(scaled)[..., :3], 0.0, 1.0))
     else:
         shown = upsample(m, size, mode) if size is not None else m
