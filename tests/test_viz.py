@@ -237,3 +237,48 @@ def test_import_fgcam_lib_does_not_load_plotting():
     code = ("import sys, fgcam_lib; bad = [m for m in ('matplotlib', 'seaborn', 'ipywidgets') if m in sys.modules];"
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ------------------------------------------------------------------ labels, keep, show
+def test_labels_are_the_catalogues():
+    from fgcam_lib import catalogue
+
+    assert viz.METHOD_LABELS is catalogue.METHOD_LABELS
+    assert viz.method_label is catalogue.method_label and viz.layer_label is catalogue.layer_label
+
+
+def test_keep_saves_closes_and_shows_a_light_copy(tmp_path):
+    fig = viz.grid(torch.rand(2, 3, 32, 32), {"fg_grad_cam": _maps(2, 8)}, layer=None)
+    path = tmp_path / "kept" / "02_x.png"
+    assert viz.keep(fig, path) is None
+    assert path.read_bytes()[:8] == PNG_MAGIC and fig.number not in plt.get_fignums()
+    light = viz.light_png(path, width=100)
+    from PIL import Image
+    import io
+
+    with Image.open(io.BytesIO(light)) as im:
+        assert im.size[0] <= 100 and im.mode == "P"
+
+
+def test_show_images_with_maps_and_colourbars(tmp_path):
+    import fgcam_lib
+    from fgcam_lib.data.models import Preprocess
+
+    pre = Preprocess(32)
+    images = torch.rand(3, 3, 32, 32)
+    x = pre(images)  # normalised: values outside [0, 1]
+    fig = fgcam_lib.show(x, _maps(3, 8), pre, titles=["a", "b", "c"], title="t", path=tmp_path / "show.png")
+    maps_axes = _map_axes(fig)
+    assert len(maps_axes) == 3 and [ax.get_title() for ax in maps_axes] == ["a", "b", "c"]
+    assert len(fig.axes) == 6 and fig._suptitle.get_text() == "t"  # one colourbar per panel
+    assert (tmp_path / "show.png").stat().st_size > 0
+    cbar = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"][0]
+    assert cbar.get_ylabel() == "relevance"
+    # a {layer: maps} mapping: one column per layer; negative values switch to the signed scale
+    fig = viz.show(images[:2], {13: _maps(2, 8), "input": _maps(2, 32, signed=True)})
+    assert len(_map_axes(fig)) == 4 and _map_axes(fig)[1].get_title() == "Input"
+    assert [ax for ax in fig.axes if ax.get_label() == "<colorbar>"][0].get_ylabel() == "signed relevance"
+    with pytest.raises(ValueError, match="preprocess="):
+        viz.show(x, _maps(3, 8))
+    with pytest.raises(ValueError, match="3 image"):
+        viz.show(images, _maps(2, 8))
