@@ -14,27 +14,20 @@ from pathlib import Path
 
 import torch
 
-from .. import FGCAM, GradCAM, LayerCAM
 from ..data.models import WeightsNotFoundError, load_model
+from ..methods.registry import make_explainer, supports
 
 LAYERS = [33, 23, 13, "input"]
+#: registry names, in the rows' order; the figures label them from the catalogue
+METHODS = ("grad_cam", "layer_cam", "fg_grad_cam", "fg_grad_cam_denoise")
 
 
-def _methods(model) -> dict[str, object]:
-    return {
-        "Grad-CAM": GradCAM(model),
-        "Layer-CAM": LayerCAM(model),
-        "FG-Grad-CAM": FGCAM(model),
-        "FG-Grad-CAM (denoising)": FGCAM(model, denoise=0.1),
-    }
-
-
-def explain_all(model, x: torch.Tensor, target=None) -> dict[str, dict]:
-    """method -> {layer: B x h x w}; CAMs skip the input layer (undefined there)."""
+def explain_all(model, x: torch.Tensor, target=None, preprocess=None) -> dict[str, dict]:
+    """method name -> {layer: B x h x w}; CAMs skip the input layer (undefined there)."""
     out = {}
-    for name, ex in _methods(model).items():
-        layers = [l for l in LAYERS if not (name in ("Grad-CAM", "Layer-CAM") and l == "input")]
-        out[name] = ex(x, target=target, layer=layers)
+    for name in METHODS:
+        layers = [layer for layer in LAYERS if supports(name, layer)]
+        out[name] = make_explainer(name, model, preprocess)(x, target=target, layer=layers)
     return out
 
 
@@ -69,7 +62,7 @@ def run(n_single: int = 3, n_pairs: int = 2, out: str | Path = "figures", seed: 
     print("\n".join(describe(logits, classes, truth)))
 
     t0 = time.time()
-    maps = explain_all(model, x)
+    maps = explain_all(model, x, preprocess=pre)
     print(f"explained {len(x)} scenes with 4 methods at layers 33, 23, 13 (+ the input for FG-CAM) "
           f"in {time.time() - t0:.1f} s")
     titles = [f"{t}" for t in truth]
@@ -83,7 +76,7 @@ def run(n_single: int = 3, n_pairs: int = 2, out: str | Path = "figures", seed: 
     written.append(viz.save(fig, out / "demo_input.png"))
 
     # class discrimination on two-object scenes: one map per object class
-    fg = FGCAM(model, denoise=0.1)
+    fg = make_explainer("fg_grad_cam_denoise", model, pre)
     px = x[n_single:]
     per_class = {}
     for k, which in enumerate(("first", "second")):
@@ -104,7 +97,7 @@ def run(n_single: int = 3, n_pairs: int = 2, out: str | Path = "figures", seed: 
 
         photos, names, _ = sample_photos(size=224)
         vx = vpre(photos)
-        vmaps = explain_all(vgg, vx)
+        vmaps = explain_all(vgg, vx, preprocess=vpre)
         fig = viz.grid(photos, vmaps, layout="images", layer=13, image_titles=names, title="VGG16-BN, layer 13")
         written.append(viz.save(fig, out / "demo_photos_layer13.png"))
     for p in written:
