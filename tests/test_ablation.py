@@ -145,6 +145,26 @@ def test_load_scenes_and_region(batch):
     assert sub.indices == [2, 0] and torch.equal(sub.x[1], batch.x[0])
 
 
+def test_region_falls_back_from_target_to_label_to_all_objects():
+    from fgcam_lib.evaluation.batch import Batch
+    from fgcam_lib.evaluation.runner import Batch as RunnerBatch
+
+    assert SceneBatch is Batch is RunnerBatch  # one batch type for the runner and the sweeps
+    boxes = torch.tensor([[0.0, 0, 2, 2], [2.0, 2, 4, 4]])
+    masks = torch.zeros(2, 4, 4, dtype=torch.bool)
+    masks[0, :2, :2], masks[1, 2:, 2:] = True, True
+    b = Batch(torch.zeros(3, 3, 4, 4), torch.zeros(3, 3, 4, 4), torch.tensor([1, 7, 1]),
+              [torch.tensor([1, 2]), torch.tensor([1, 2]), None], [boxes, boxes, None], [masks, masks, None],
+              [0, 1, 2], ["0", "1", "2"])
+    target = torch.tensor([2, 5, 1])
+    assert torch.equal(b.region_of(0, 2)[0], boxes[1:])            # the target's object
+    assert torch.equal(b.region_of(0, 5)[0], boxes[:1])            # none of the target: the label's
+    assert torch.equal(b.region_of(1, 5)[0], boxes) and torch.equal(b.region_of(1, 5)[1], masks.any(0))  # neither: all
+    assert b.region_of(2, 1) == (None, None)                        # no boxes at all
+    out_boxes, out_masks = b.region(target)
+    assert out_boxes[2].shape == (0, 4) and not out_masks[2].any() and out_masks.shape == (3, 4, 4)
+
+
 # ----------------------------------------------------------------------------- sweep
 def test_sweep_rows_match_direct_metrics_and_dedupe(model, batch):
     fg = FGCAM(model)
@@ -249,6 +269,9 @@ def test_format_summary_forest_plot_and_example_grid(tmp_path):
     t = format_summary(s, rows=["method", "layer"], metrics=["average_drop", "overall"])
     assert list(t.columns) == ["A.D.", "Over-all"]
     assert t.loc[("b", "13"), "Over-all"] == "2.0000 ± 0.0000" and t.loc[("a", "13"), "A.D."].startswith("20.00 ± ")
+    from fgcam_lib.evaluation import ablation
+
+    assert ablation.forest_plot is forest_plot and ablation.example_grid is example_grid  # the old names still work
     fig = forest_plot(s.xs("13", level="layer"), ["average_drop", "overall"], hue=None, title="t")
     assert len(fig.axes) == 2 and "lower is better" in fig.axes[0].get_title()
     images = torch.rand(2, 3, 16, 16)
