@@ -42,6 +42,7 @@ from ..methods.base import Explainer, Explanation
 from ..methods.components import TopComponents
 from ..methods.fgcam import BASES, FGCAM, denoise, denoise_rank
 from ..methods.registry import make_explainer
+from .gallery import as_image_tensor, class_names_of, default_images, image_name
 from .settings import (CAMS, KEEP, LRPS, METHODS, PREDICTED, RULES, Control, Settings, fraction_choices,
                        parse_method, pool_layers, registry_name)
 
@@ -75,50 +76,6 @@ def _error_figure(message: str) -> ExplorerFigure:
     fig = ExplorerFigure(figsize=(8, 1.6))
     fig.text(0.02, 0.5, message, color="#a00", fontsize=10, va="center", wrap=True)
     return fig
-
-
-def _class_names(model: nn.Module, n_classes: int) -> list[str]:
-    card = getattr(model, "card", None)
-    names = (card or {}).get("classes") if isinstance(card, dict) else None
-    names = names or getattr(model, "categories", None)
-    if names and len(names) == n_classes:
-        return [str(c) for c in names]
-    return [f"class {i}" for i in range(n_classes)]
-
-
-def _default_images(size: int) -> list[tuple[str, Tensor]]:
-    """A few benchmark scenes and the bundled photos, at the model's input size."""
-    from ..data.scenes import CLASSES, SyntheticScenes
-
-    scenes = SyntheticScenes("test", n=4, size=size)
-    out = [(f"scene {i} ({CLASSES[s['label']]})", s["image"]) for i, s in ((i, scenes[i]) for i in range(len(scenes)))]
-    try:
-        from ..data.images import sample_photos
-
-        photos, names, _ = sample_photos(size)
-        out += [(f"photo: {n}", p) for n, p in zip(names, photos)]
-    except (ImportError, OSError, AttributeError):  # scikit-image missing or a broken wheel
-        pass
-    return out
-
-
-def _as_image_tensor(image: Any) -> Tensor:
-    """3 x H x W float in [0, 1] from a tensor (3 x H x W, 1 x 3 x H x W, uint8), a PIL image or a path."""
-    from ..data.images import load_image
-
-    if isinstance(image, (str, Path)) or hasattr(image, "convert"):
-        return load_image(image)
-    t = torch.as_tensor(image)
-    if t.dim() == 4 and t.shape[0] == 1:
-        t = t[0]
-    if t.dim() != 3 or t.shape[0] != 3:
-        raise ValueError(f"an image must be 3 x H x W (values in [0, 1]), got shape {tuple(t.shape)}")
-    return t.float() / 255.0 if t.dtype == torch.uint8 else t.float()
-
-
-def _default_name(image: Any, i: int) -> str:
-    """A path's file name, else ``"image i"``."""
-    return Path(image).name if isinstance(image, (str, Path)) else f"image {i}"
 
 
 def _cache_put(cache: OrderedDict, key: Hashable, value: Any, limit: int) -> None:
@@ -159,15 +116,15 @@ class Explorer:
         self.graph = graph_of(model)
         self.device = next(model.parameters()).device
         self.images: list[tuple[str, Tensor]] = []
-        for i, item in enumerate(_default_images(preprocess.size) if images is None else images):
-            name, img = item if isinstance(item, tuple) else (_default_name(item, i), item)
+        for i, item in enumerate(default_images(preprocess.size) if images is None else images):
+            name, img = item if isinstance(item, tuple) else (image_name(item, i), item)
             self.add_image(img, name)
         if not self.images:
             raise ValueError("Explorer needs at least one image")
         self.layers = pool_layers(model, preprocess.size)
         self._shapes = self._layer_shapes()
         n_classes = int(self._shapes[self.graph.output][1])
-        self.class_names = list(class_names) if class_names is not None else _class_names(model, n_classes)
+        self.class_names = list(class_names) if class_names is not None else class_names_of(model, n_classes)
         self.settings = Settings(layer=self.layers[-1])
         self.calls: Counter[str] = Counter()
         self.error: str | None = None
@@ -209,11 +166,11 @@ class Explorer:
         An image with a name already present replaces nothing: its index is returned.
         """
         if name is None:
-            name = _default_name(image, len(self.images))
+            name = image_name(image, len(self.images))
         for i, (known, _) in enumerate(self.images):
             if known == name:
                 return i
-        self.images.append((name, _as_image_tensor(image)))
+        self.images.append((name, as_image_tensor(image)))
         self._notify("images")
         return len(self.images) - 1
 

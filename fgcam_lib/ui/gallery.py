@@ -1,0 +1,63 @@
+"""The explorer's images and class names: the default gallery (benchmark scenes and the bundled
+photos), images from tensors, PIL images or files, and class names from a model's card.
+
+    >>> default_images(96)[0][0]
+    'scene 0 (cross)'
+    >>> as_image_tensor("photo.png").shape             # 3 x H x W in [0, 1]
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["default_images", "as_image_tensor", "image_name", "class_names_of"]
+
+Tensor = torch.Tensor
+
+
+def class_names_of(model: nn.Module, n_classes: int) -> list[str]:
+    """The model card's ``classes``, else its ``categories``, else ``"class i"``."""
+    card = getattr(model, "card", None)
+    names = (card or {}).get("classes") if isinstance(card, dict) else None
+    names = names or getattr(model, "categories", None)
+    if names and len(names) == n_classes:
+        return [str(c) for c in names]
+    return [f"class {i}" for i in range(n_classes)]
+
+
+def default_images(size: int) -> list[tuple[str, Tensor]]:
+    """A few benchmark scenes and the bundled photos, at the model's input size."""
+    from ..data.scenes import CLASSES, SyntheticScenes
+
+    scenes = SyntheticScenes("test", n=4, size=size)
+    out = [(f"scene {i} ({CLASSES[s['label']]})", s["image"]) for i, s in ((i, scenes[i]) for i in range(len(scenes)))]
+    try:
+        from ..data.images import sample_photos
+
+        photos, names, _ = sample_photos(size)
+        out += [(f"photo: {n}", p) for n, p in zip(names, photos)]
+    except (ImportError, OSError, AttributeError):  # scikit-image missing or a broken wheel
+        pass
+    return out
+
+
+def as_image_tensor(image: Any) -> Tensor:
+    """3 x H x W float in [0, 1] from a tensor (3 x H x W, 1 x 3 x H x W, uint8), a PIL image or a path."""
+    from ..data.images import load_image
+
+    if isinstance(image, (str, Path)) or hasattr(image, "convert"):
+        return load_image(image)
+    t = torch.as_tensor(image)
+    if t.dim() == 4 and t.shape[0] == 1:
+        t = t[0]
+    if t.dim() != 3 or t.shape[0] != 3:
+        raise ValueError(f"an image must be 3 x H x W (values in [0, 1]), got shape {tuple(t.shape)}")
+    return t.float() / 255.0 if t.dtype == torch.uint8 else t.float()
+
+
+def image_name(image: Any, i: int) -> str:
+    """A path's file name, else ``"image i"``."""
+    return Path(image).name if isinstance(image, (str, Path)) else f"image {i}"
