@@ -22,7 +22,10 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["main", "build_parser", "explain_files", "expand_images"]
 
@@ -115,13 +118,13 @@ def _class_names(model: Any, n: int) -> list[str]:
     return list(names) if names and len(names) == n else [str(i) for i in range(n)]
 
 
-def _layer(spec: str | None, method: str) -> str:
+def _layer(spec: str | None, method: str) -> str | None:
     """The layer to explain: the given one, else the input for FG-CAM / LRP and None (the CAM's default)."""
     if spec is not None:
         return spec
     from ..methods.registry import METHODS
 
-    return "input" if METHODS[method].family in ("fgcam", "lrp") else None  # type: ignore[return-value]
+    return "input" if METHODS[method].family in ("fgcam", "lrp") else None
 
 
 @dataclass
@@ -142,7 +145,7 @@ def _build(args: argparse.Namespace) -> _Job:
     from .. import load_model
     from ..methods.registry import METHODS, label, make_explainer, method_layers, supports
 
-    extra = {}
+    extra: dict[str, float] = {}
     if args.denoise is not None:
         if METHODS[args.method].family != "fgcam":
             raise ValueError(f"--denoise applies to FG-CAM methods only, not {args.method!r}")
@@ -167,7 +170,8 @@ def _title(job: _Job, cls: int, prob: float) -> str:
     return f"{label(job.method)} · {viz.layer_label(job.layer)} · class {name} ({cls}), p = {prob:.2f}"
 
 
-def _save_figure(job: _Job, image, m, title: str, path: Path) -> None:
+def _save_figure(job: _Job, image: "torch.Tensor", m: "torch.Tensor", title: str, path: Path) -> None:
+    """Image | map over the image with its colourbar, under one title."""
     import matplotlib.pyplot as plt
 
     from . import viz
