@@ -182,7 +182,12 @@ def test_pixels_in_0_255_are_refused_but_normalised_input_passes(tiny_vgg, x):
     cam = GradCAM(tiny_vgg)
     with pytest.raises(ValueError, match=r"\[0, 255\].*preprocess"):
         cam(torch.rand(1, 3, 64, 64) * 255)
+    from fgcam_lib.data.models import Preprocess
+
+    with pytest.raises(ValueError, match=r"were \[0, 255\] pixels normalised as \[0, 1\]"):
+        cam(Preprocess(64)(torch.rand(1, 3, 64, 64) * 255))   # [0, 255] floats through preprocess
     cam(x * 3)                        # normalised inputs, even wide ones: no false alarm
+    cam(x * 8)                        # and far wider ones (about [-35, 35])
     cam(torch.rand(1, 3, 64, 64))     # un-normalised [0, 1] pixels: the model's business
     cam.check_pixel_range = False     # a model that really takes [0, 255]
     assert cam(torch.rand(1, 3, 64, 64) * 255).shape == (1, 2, 2)

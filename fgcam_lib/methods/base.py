@@ -35,7 +35,7 @@ from torch import nn
 from ..engine.graph import INPUT, Graph, graph_of
 from ..engine.walk import eval_mode
 
-__all__ = ["Explainer", "Explanation", "resolve_target", "resize_maps", "PIXEL_RANGE_LIMIT"]
+__all__ = ["Explainer", "Explanation", "resolve_target", "resize_maps", "PIXEL_RANGE_LIMIT", "NORMALISED_RANGE_LIMIT"]
 
 Tensor = torch.Tensor
 LayerSpec = Union[int, str]
@@ -45,6 +45,9 @@ Upsample = Union[bool, int, Sequence[int]]
 #: a non-negative input whose maximum exceeds this is taken for un-normalised [0, 255] pixels:
 #: normalised images have negative values and lie within about [-3, 3]
 PIXEL_RANGE_LIMIT = 10.0
+#: any input reaching this magnitude is taken for [0, 255] pixels that went through a
+#: normalisation meant for [0, 1] (ImageNet's mean/std give values up to about 1110)
+NORMALISED_RANGE_LIMIT = 50.0
 
 
 def _check_signed(signed: object) -> None:
@@ -221,10 +224,17 @@ class Explainer:
                 bad = x.numel() - int(finite.sum())
                 raise ValueError(f"x has {bad} NaN or infinite value(s); fix the input (torch.nan_to_num, "
                                  "or check the image loading) before explaining it")
-            if self.check_pixel_range and bool(x.min() >= 0) and float(x.max()) > PIXEL_RANGE_LIMIT:
-                raise ValueError(f"x looks like un-normalised pixels in [0, 255] (max {float(x.max()):.4g}): "
+            if not self.check_pixel_range:
+                return
+            lo, hi = float(x.min()), float(x.max())
+            if lo >= 0 and hi > PIXEL_RANGE_LIMIT:
+                raise ValueError(f"x looks like un-normalised pixels in [0, 255] (max {hi:.4g}): "
                                  "pass preprocess(x / 255) or preprocess(uint8 images); if the model really "
                                  "takes such inputs set explainer.check_pixel_range = False")
+            if max(-lo, hi) > NORMALISED_RANGE_LIMIT:
+                raise ValueError(f"x spans [{lo:.4g}, {hi:.4g}], far beyond normalised images (about [-3, 3]): "
+                                 "were [0, 255] pixels normalised as [0, 1]? pass preprocess(x / 255); if the "
+                                 "model really takes such inputs set explainer.check_pixel_range = False")
 
     def _as_model_input(self, x: Tensor) -> Tensor:
         """``x`` in the dtype and on the device of the model's parameters (float64, half, ...)."""
