@@ -38,6 +38,8 @@ def test_command_line_parses_into_config() -> None:
     assert parse_config(["--tiny"]).size == TINY["size"]
     assert parse_config([]) == TrainConfig()
     assert parse_config(["--resume"]).resume is True
+    assert parse_config(["--recipe", "bundled_vgg16bn_fc"]).init is not None
+    assert parse_config(["--recipe", "bundled_vgg16bn_fc", "--init", "none"]).init is None
 
 
 def test_the_bundled_recipe_defaults_stay() -> None:

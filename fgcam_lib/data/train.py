@@ -129,8 +129,8 @@ _RESULT_FIELDS = _FIELD_NAMES[:_FIELD_NAMES.index("threads")]  # the ones that d
 def _coerce(name: str, v: Any) -> Any:
     if name not in _FIELD_TYPES:
         raise ValueError(f"unknown training config field {name!r}")
-    if name in _PATH_FIELDS:
-        return None if v is None else Path(v)
+    if name in _PATH_FIELDS:  # "none" on the command line clears a recipe's path (e.g. --init none)
+        return None if v is None or str(v).lower() in ("", "none") else Path(v)
     if name == "widths":
         return tuple(int(c) for c in v)
     return v
@@ -142,8 +142,8 @@ RECIPES: dict[str, dict[str, Any]] = {
         arch="bundled_resnet", widths=(16, 32, 64, 128), size=96, n_train=20000, n_train_pairs=20000,
         epochs=60, minutes=120.0, batch=32, lr=2e-3, wd=0.05, out=DATA_DIR / "bundled_resnet.pt"),
     "bundled_vgg16bn_fc": dict(
-        arch="bundled_vgg16bn_fc", width_div=8, pool=3, hidden=512, dropout=0.5, size=96, n_train=16000,
-        n_train_pairs=16000, epochs=40, minutes=120.0, batch=32, lr=1e-3, wd=0.05,
+        arch="bundled_vgg16bn_fc", width_div=8, pool=3, hidden=512, dropout=0.5, size=96, n_train=20000,
+        n_train_pairs=20000, epochs=20, minutes=60.0, batch=32, lr=1e-3, wd=0.05,
         init=DATA_DIR / "bundled_vgg16bn.pt", out=DATA_DIR / "bundled_vgg16bn_fc.pt"),
 }
 #: a run of seconds for tests
