@@ -66,12 +66,6 @@ def _function_kinds() -> dict[Any, str]:
         kinds[fn] = "norm"
     for fn in (F.dropout, F.dropout2d):
         kinds[fn] = "other"
-    try:
-        from torchvision.ops import stochastic_depth
-
-        kinds[stochastic_depth] = "other"
-    except ImportError:  # pragma: no cover
-        pass
     return kinds
 
 
@@ -80,7 +74,13 @@ _FUNCTION_KINDS = _function_kinds()
 
 def function_kind(fn: Any) -> str | None:
     """The op kind of a function such as ``torch.cat`` or ``operator.add``."""
-    return _FUNCTION_KINDS.get(fn)
+    kind = _FUNCTION_KINDS.get(fn)
+    # torchvision's stochastic depth (fx-wrapped), known by name so that importing the
+    # engine does not import torchvision
+    if kind is None and getattr(fn, "__name__", "") == "stochastic_depth" \
+            and str(getattr(fn, "__module__", "")).startswith("torchvision."):
+        return "other"
+    return kind
 
 
 def method_kind(name: str) -> str | None:
