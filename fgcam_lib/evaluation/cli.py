@@ -12,7 +12,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 from torch import nn
@@ -20,22 +20,39 @@ from torch import nn
 from ..catalogue import METRIC_GROUPS
 from ..methods.registry import METHODS, PAPER_CAM_METHODS, PAPER_INPUT_METHODS, supports
 from .runner import LOCALIZATION_GROUPS, check_request, run_evaluation
-from .tables import format_table, summarize, table_number, throughput_table
+from .store import results_path
+from .tables import format_summary, format_table, summarize, table_number, throughput_table
 
-__all__ = ["build_parser", "main"]
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["DEFAULT_METRICS", "TIMES", "build_parser", "main"]
+
+#: metric options a run computes unless --metrics says otherwise: the cheap ones
+DEFAULT_METRICS: tuple[str, ...] = ("adai", "proportion")
+
+#: measured wall times on 2 CPU cores (bundled model, benchmark:test, all default methods and layers), for --help
+TIMES = """measured on 2 CPU cores shared with other jobs (load about 5; bundled model, benchmark:test,
+the default methods and layers, wall time including start-up):
+  --n 8                          112 s (A.D./A.I., Proportion, pointing game)
+  --n 8 --metrics adai,insdel    17 min (insertion/deletion: 112 model calls per map and curve)
+  --n 500                        about 1.5 h (estimated from the --n 8 rates; the three Score-CAM methods: 2/3 of it)
+Fewer methods run proportionally faster (e.g. --methods grad_cam,fg_grad_cam,lrp). Rows go to
+results/ and a rerun resumes, so a larger --n only adds images."""
 
 
 def _split_list(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The command line's options."""
+def build_parser(prog: str = "python -m fgcam_lib.evaluation") -> argparse.ArgumentParser:
+    """The command line's options (``prog``: the command's name in ``--help``)."""
     from ..data.scenes import SPLITS
 
     p = argparse.ArgumentParser(
-        prog="python -m fgcam_lib.evaluation",
+        prog=prog,
         description="Evaluate explanation methods (faithfulness, localization) as in the FG-CAM paper.",
+        epilog=TIMES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--model", default="bundled",
                    help="'bundled' or a torchvision CNN (vgg16_bn, resnet50, densenet121, efficientnet_b0, ...)")
@@ -52,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "with one box covering <= 50%% of the image")
     p.add_argument("--n", type=int, default=None,
                    help="images (default 500; paper protocol: faithfulness images, default 2000). "
-                        "With insdel, all methods and layers take hours on a CPU: try --n 8 first")
+                        "Try --n 8 first (times below)")
     p.add_argument("--n-loc", type=int, default=None, help="paper protocol: localization images (default 500)")
     p.add_argument("--methods", default=",".join(dict.fromkeys(PAPER_CAM_METHODS + PAPER_INPUT_METHODS)),
                    help=f"comma-separated, of {', '.join(METHODS)} (default: the paper's Tables 1-6)")
@@ -61,16 +78,23 @@ def build_parser() -> argparse.ArgumentParser:
                         "a method is skipped where it is not defined (a CAM at the input). Default: "
                         "33,23,13,input on VGG; elsewhere the layers at 1/16, 1/8, 1/4 of the input "
                         "(ResNet: layer3,layer2,layer1) and input")
-    p.add_argument("--metrics", default="adai,insdel,proportion", help=f"of {', '.join(METRIC_GROUPS)}")
+    p.add_argument("--metrics", default=",".join(DEFAULT_METRICS),
+                   help=f"comma-separated, of {', '.join(METRIC_GROUPS)} (default: {','.join(DEFAULT_METRICS)}, "
+                        "the cheap ones; insdel (Tables 2 and 5) and road cost far more, so ask for them explicitly)")
     p.add_argument("--target", choices=("pred", "true"), default="pred",
                    help="class explained: the clean image's top-1 (pred) or the label (true)")
-    p.add_argument("--out", default=None, help="results file (.csv) or folder (.parquet); resumes if present")
+    p.add_argument("--out", default=None,
+                   help="results file (.csv) or folder (.parquet); resumes if present. Default: "
+                        "results/bench_<data>_<model fingerprint>.parquet, one per data set")
+    p.add_argument("--no-save", action="store_true", help="keep the rows in memory only (no --out)")
+    p.add_argument("--rows", action="store_true", help="also print the raw rows (one per image, method, layer, metric)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=8, help="images per explainer call")
     p.add_argument("--metric-batch-size", type=int, default=None,
                    help="perturbed images per forward pass (default: 64 up to 128 px, 16 above)")
     p.add_argument("--throughput", action="store_true", help="print images/s per method at the end")
-    p.add_argument("--table", default=None, help="print the paper's tables 1-6, e.g. 1,2,3 (default: a summary)")
+    p.add_argument("--table", default=None,
+                   help="print the paper's tables 1-6, e.g. 1,2,3 (default: one summary row per method and layer)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--no-progress", action="store_true")
     return p
@@ -119,13 +143,18 @@ def _datasets(args: argparse.Namespace, model: nn.Module, size: int) -> list[tup
     return [o for o in out if o[3]]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point; returns the exit status."""
+def main(argv: Sequence[str] | None = None, prog: str = "python -m fgcam_lib.evaluation") -> int:
+    """Command-line entry point; returns the exit status.
+
+    Example:
+        >>> main(["--n", "8", "--methods", "grad_cam,fg_grad_cam"])     # rows in results/, a summary printed
+        0
+    """
     import pandas as pd
 
     from ..data.models import WeightsNotFoundError
 
-    args = build_parser().parse_args(argv)
+    args = build_parser(prog).parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     methods = _split_list(args.methods)
@@ -150,22 +179,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     if skipped:
         print(f"note: not defined, skipped: {', '.join(skipped)}", file=sys.stderr)
     mbs = args.metric_batch_size or (64 if size <= 128 else 16)
-    frames = []
+    frames, stored = [], []
     for name, ds, n, metrics in plan:
+        out = args.out if args.out is not None or args.no_save else results_path(name, model)
+        if out is not None:
+            print(f"{name}: rows go to {out} (a rerun resumes from there)", file=sys.stderr)
         try:
-            frames.append(run_evaluation(model, preprocess, ds, methods, layers, metrics, n=n, out=args.out,
+            frames.append(run_evaluation(model, preprocess, ds, methods, layers, metrics, n=n, out=out,
                                          seed=args.seed, batch_size=args.batch_size, progress=not args.no_progress,
                                          target=args.target, data_name=name, metric_batch_size=mbs))
         except ValueError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
+        stored.append(out)
     df = pd.concat(frames, ignore_index=True)
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.max_rows", 500):
+        if args.rows:
+            print(df.to_string(index=False))
         if tables:
             for t in tables:
                 print(f"\nTable {t}\n{format_table(summarize(df, table=t)).to_string()}")
         else:
-            print(format_table(summarize(df)).to_string())
+            _print_summary(df)
+        for (name, *_), out in zip(plan, stored):
+            if out is not None:
+                print(f"rows of {name}: {out}")
         if args.throughput:
             timing: dict[str, dict[str, float]] = {}
             for f in frames:
@@ -175,6 +213,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                         acc[k] += t[k]
             print("\nThroughput (images/s; this run's computed images)\n" + throughput_table(timing).to_string())
     return 0
+
+
+def _print_summary(df: "pd.DataFrame") -> None:
+    """One row per (data,) method and layer, one column per metric: ``mean ± half-width``."""
+    summary = summarize(df)
+    images = df.groupby("data")["image_id"].nunique()
+    sizes = ", ".join(f"{n} {d}" for d, n in images.items())
+    print(f"\nmean ± half-width of the 95% bootstrap CI over images ({sizes}); A.D./A.I. in %")
+    print(format_summary(summary, rows=list(summary.index.names[:-1])).to_string())
 
 
 if __name__ == "__main__":

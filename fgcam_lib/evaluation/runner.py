@@ -42,7 +42,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -213,16 +213,18 @@ def run_evaluation(
     plan = _Plan(model, dataset, methods, layers, metrics, n, out, data_name, {"seed": seed, "target": target})
     explainers = {m: make_explainer(m, model, preprocess=preprocess, **dict((explainer_kwargs or {}).get(m, {})))
                   for m in methods if plan.layers[m]}
-    device, timing = next(model.parameters()).device, Throughput()
-    # the bar counts only images still to compute, so its rate and ETA hold on a resumed run
-    bar = tqdm(total=len(plan.todo), desc=f"evaluate {data_name} ({len(plan.ids) - len(plan.todo)} stored)",
-               unit="img", disable=not progress)
-    for chunk in plan.batches(batch_size):
+    device, timing, chunks = next(model.parameters()).device, Throughput(), plan.batches(batch_size)
+    # one step per method and batch, so the bar moves (and its ETA forms) within the first batch; it counts
+    # only what is still to compute, so rate and ETA hold on a resumed run
+    bar = tqdm(total=len(chunks) * len(explainers), desc=f"evaluate {data_name}", unit="step", disable=not progress,
+               miniters=1, mininterval=0)
+    bar.set_postfix_str(f"0/{len(plan.todo)} images ({len(plan.ids) - len(plan.todo)} stored)")
+    for k, chunk in enumerate(chunks):
         batch = load_batch(dataset, preprocess, indices=chunk, ids=[plan.ids[j] for j in chunk], device=device)
         cols = _evaluate_batch(model, batch, explainers, plan, target, seed, metric_batch_size, metric_kwargs or {},
-                               timing)
+                               timing, step=lambda: bar.update(1))
         plan.record(pd.DataFrame(cols).astype(DTYPES))
-        bar.update(len(chunk))
+        bar.set_postfix_str(f"{sum(map(len, chunks[:k + 1]))}/{len(plan.todo)} images", refresh=True)
     bar.close()
     df = plan.result()
     df.attrs["throughput"] = timing.as_dict()
@@ -232,7 +234,7 @@ def run_evaluation(
 
 def _evaluate_batch(model: nn.Module, batch: Batch, explainers: Mapping[str, Any], plan: _Plan, target: str,
                     seed: int, metric_batch_size: int, metric_kwargs: Mapping[str, Mapping[str, Any]],
-                    timing: Throughput) -> dict[str, list]:
+                    timing: Throughput, step: Callable[[], Any] = lambda: None) -> dict[str, list]:
     """Maps and metrics of one batch (B images), only for the (image, method, layer, group) still missing.
 
     One clean forward pass (B x K logits), one blurred baseline (B x 3 x S x S) and one
@@ -248,6 +250,7 @@ def _evaluate_batch(model: nn.Module, batch: Batch, explainers: Mapping[str, Any
                 for l in plan.layers[method]}
         todo = {l: gs for l, gs in todo.items() if gs}
         if not todo:
+            step()
             continue
         t0 = time.perf_counter()
         expl = explainer.explain(batch.x, t, [plan.specs[l] for l in todo])
@@ -260,6 +263,7 @@ def _evaluate_batch(model: nn.Module, batch: Batch, explainers: Mapping[str, Any
                 keep = [plan.missing(i, method, l, g) for i in batch.ids]
                 _add_rows(cols, batch, t, method, l, values, keep, plan.data)
         timing.add(method, t1 - t0, time.perf_counter() - t1, len(batch))
+        step()
     return cols
 
 
