@@ -1,13 +1,14 @@
 # make test: set up .venv if missing, run pytest (library) and nbval (notebooks).
 # make demo: the main job, offline.
 # make lab:  JupyterLab on notebooks/, on 127.0.0.1 only; prints the URL to open.
+# make test-browser: notebook 07's explorer in JupyterLab and headless Chromium (needs chromium, chromium-driver).
 PY := .venv/bin/python
 VENV_STAMP := .venv/.installed
 LAB_PORT ?= 8888
 # Jupyter refuses to run as root unless told; containers often run as root
 LAB_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: test test-lib test-notebooks demo venv bench lab
+.PHONY: test test-lib test-notebooks test-browser demo venv bench lab
 
 venv: $(VENV_STAMP)
 
@@ -30,6 +31,10 @@ test: venv
 
 test-lib: venv
 	MPLBACKEND=agg $(PY) -m pytest -q tests
+
+# JupyterLab on a free loopback port + headless Chromium; about 2-3 minutes on 2 cores
+test-browser: venv
+	FGCAM_BROWSER=1 MPLBACKEND=agg FGCAM_QUICK=1 $(PY) -m pytest -q -rs -s -m browser tests/browser
 
 demo: venv
 	MPLBACKEND=agg $(PY) -m fgcam_lib.ui.demo

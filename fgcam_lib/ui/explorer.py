@@ -71,6 +71,16 @@ class ExplorerFigure(Figure):
         return self.png()
 
 
+def _message(err: BaseException) -> str:
+    """The one-line message of a user error: a KeyError's text without the quotes its str()
+    adds, any other text as it is (a closing quote of a quoted name stays)."""
+    if isinstance(err, KeyError) and len(err.args) == 1 and isinstance(err.args[0], str):
+        text = err.args[0]
+    else:
+        text = str(err)
+    return text.strip() or type(err).__name__
+
+
 def _error_figure(message: str) -> ExplorerFigure:
     """A small figure that shows ``message`` (the headless form of the error area)."""
     fig = ExplorerFigure(figsize=(8, 1.6))
@@ -402,7 +412,7 @@ class Explorer:
         except USER_ERRORS as err:
             if raise_errors:
                 raise
-            self.error = str(err).strip("'\"") or type(err).__name__
+            self.error = _message(err)
             self.figure = None  # what was shown belongs to other settings
             fig = _error_figure(self.error)
         self._notify("result")

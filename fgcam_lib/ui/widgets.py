@@ -33,6 +33,21 @@ __all__ = [
 _BOUND = ("image", "target", "method", "base", "layer", "rules", "denoise", "fraction", "signed")
 #: descriptions at their full width ("rank fraction" is not cut to "rank fracti...")
 _STYLE = {"description_width": "initial"}
+#: the rank-fraction slider's width in px: its description (~90), the track (148 and its
+#: margins) and a readout of up to READOUT_CHARS characters at ~7 px ("0.00195 (rank 1)"), so
+#: the browser does not shrink the readout to "0.1 (rank 1" as it did at 320 px
+READOUT_CHARS = 16
+SLIDER_WIDTH = 90 + 164 + 7 * READOUT_CHARS + 14
+#: rules buttons that fit the 300 px middle column (two at their default width took 304 px)
+_RULES_STYLE = {"description_width": "initial", "button_width": "96px"}
+
+
+def _column(children: Sequence[Any]) -> Any:
+    """A column of controls that keeps its width: a narrow notebook wraps the columns onto
+    the next line instead of squeezing them into scrolling boxes."""
+    import ipywidgets as W
+
+    return W.VBox(list(children), layout=W.Layout(flex="0 0 auto", margin="0 16px 4px 0"))
 
 
 class ExplorerView:
@@ -55,16 +70,19 @@ class ExplorerView:
 
         ws: dict[str, Any] = {
             "image": menu("image", "image", layout=wide),
-            "path": W.Text(placeholder="path/to/image.png", description="file", style=_STYLE, layout=wide),
+            "path": W.Text(placeholder="path/to/image.png", description="file", style=_STYLE,
+                           layout=W.Layout(width="256px")),   # with "load", as wide as the menus above
             "load": W.Button(description="load", layout=W.Layout(width="60px")),
             "upload": W.FileUpload(accept="image/*", multiple=False, description="upload"),
             "target": menu("target", "class", layout=wide),
             "method": menu("method", "method"),
             "base": menu("base", "base CAM"),
             "layer": menu("layer", "layer"),
-            "rules": menu("rules", "rules", W.ToggleButtons),
+            "rules": W.ToggleButtons(options=c["rules"].options, value=c["rules"].value, description="rules",
+                                     style=_RULES_STYLE),
             "denoise": W.Checkbox(value=c["denoise"].value, description="SVD denoising", style=_STYLE),
-            "fraction": menu("fraction", "rank fraction", W.SelectionSlider, continuous_update=False, layout=wide),
+            "fraction": menu("fraction", "rank fraction", W.SelectionSlider, continuous_update=False,
+                             layout=W.Layout(width=f"{SLIDER_WIDTH}px")),
             "signed": W.Checkbox(value=c["signed"].value, description="signed (red/blue)", style=_STYLE),
             "message": W.HTML(),
             "view": W.Image(format="png"),
@@ -75,10 +93,11 @@ class ExplorerView:
         ws["load"].on_click(lambda _: self._load_path())
         ws["path"].on_submit(lambda _: self._load_path())
         ws["upload"].observe(lambda change: self._load_upload(change["new"]), names="value")
-        left = W.VBox([ws["image"], W.HBox([ws["path"], ws["load"]]), ws["upload"], ws["target"]])
-        mid = W.VBox([ws["method"], ws["base"], ws["layer"], ws["rules"]])
-        right = W.VBox([ws["denoise"], ws["fraction"], ws["signed"]])
-        self.widget = W.VBox([W.HBox([left, mid, right]), ws["message"], ws["view"]])
+        left = _column([ws["image"], W.HBox([ws["path"], ws["load"]]), ws["upload"], ws["target"]])
+        mid = _column([ws["method"], ws["base"], ws["layer"], ws["rules"]])
+        right = _column([ws["denoise"], ws["fraction"], ws["signed"]])
+        self.panel = W.HBox([left, mid, right], layout=W.Layout(flex_flow="row wrap"))
+        self.widget = W.VBox([self.panel, ws["message"], ws["view"]])
         self._sync()
         explorer.subscribe(self._on_event)
 
