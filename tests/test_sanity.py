@@ -146,13 +146,14 @@ def test_ablated_fgcam_is_linear_in_the_weights(tiny_vgg, images):
         expected = wbar[:, None, None] * ones.map(l, signed=True)
         assert torch.allclose(mean.map(l, signed=True), expected, rtol=1e-4, atol=1e-6 * expected.abs().max())
     # with 'ones' the components at the top are the activations themselves
-    I, w, *_ = S.AblatedFGCAM(tiny_vgg, weights="ones").components_at_top(images)
+    step = S.AblatedFGCAM(tiny_vgg, weights="ones").components_at_top(images)
+    I, w = step.components, step.weights
     assert torch.equal(w, torch.ones_like(w)) and (I >= 0).all()
 
 
 def test_ablated_fgcam_keeps_denoising(tiny_vgg, images):
     a = S.AblatedFGCAM(tiny_vgg, weights="ones", denoise=0.5)
-    I, *_ = a.components_at_top(images)
+    I = a.components_at_top(images).components
     C = I.shape[1]
     rank = torch.linalg.matrix_rank(I.reshape(I.shape[0], C, -1).double()[0], rtol=1e-6)
     assert int(rank) <= max(1, int(0.5 * min(C, I.shape[2] * I.shape[3])))
