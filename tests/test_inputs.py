@@ -184,8 +184,10 @@ def test_pixels_in_0_255_are_refused_but_normalised_input_passes(tiny_vgg, x):
         cam(torch.rand(1, 3, 64, 64) * 255)
     from fgcam_lib.data.models import Preprocess
 
+    with pytest.raises(ValueError, match=r"float pixels must lie in \[0, 1\]"):
+        Preprocess(64)(torch.rand(1, 3, 64, 64) * 255)        # preprocess refuses [0, 255] floats
     with pytest.raises(ValueError, match=r"were \[0, 255\] pixels normalised as \[0, 1\]"):
-        cam(Preprocess(64)(torch.rand(1, 3, 64, 64) * 255))   # [0, 255] floats through preprocess
+        cam((torch.rand(1, 3, 64, 64) * 255 - 0.45) / 0.225)   # normalised by hand as if in [0, 1]
     cam(x * 3)                        # normalised inputs, even wide ones: no false alarm
     cam(x * 8)                        # and far wider ones (about [-35, 35])
     cam(torch.rand(1, 3, 64, 64))     # un-normalised [0, 1] pixels: the model's business

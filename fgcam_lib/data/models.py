@@ -242,24 +242,10 @@ class Preprocess:
         self.resize_mode = resize_mode
 
     def to_tensor(self, x: Any) -> torch.Tensor:
-        """Input of any accepted kind -> B x 3 x H x W float in [0, 1] (not resized)."""
-        if isinstance(x, (str, os.PathLike)):
-            from .images import load_image  # one reader: clear errors, EXIF orientation
+        """Input of any accepted kind -> B x 3 x H x W float in [0, 1] (a list is resized to ``size``)."""
+        from .images import to_batch  # one reader: paths, PIL, grey/RGB/RGBA arrays, CHW/HWC, lists
 
-            x = load_image(x)
-        if not isinstance(x, torch.Tensor):  # PIL image or array-like H x W x 3
-            import numpy as np
-
-            arr = np.asarray(x.convert("RGB") if hasattr(x, "convert") else x)
-            x = torch.from_numpy(np.array(arr, copy=True)).permute(2, 0, 1)
-        if x.dtype == torch.uint8:
-            x = x.float() / 255.0
-        x = x.float()
-        if x.dim() == 3:
-            x = x.unsqueeze(0)
-        if x.dim() != 4 or x.shape[1] != 3:
-            raise ValueError(f"expected 3 x H x W or B x 3 x H x W, got shape {tuple(x.shape)}")
-        return x
+        return to_batch(x, size=self.size if isinstance(x, (list, tuple)) else None)
 
     def resize(self, x: torch.Tensor) -> torch.Tensor:
         """B x 3 x H x W -> B x 3 x size x size (unchanged if already that size)."""
