@@ -268,6 +268,39 @@ def test_paper_table_layouts():
         summarize(df, table=7)
 
 
+
+def test_styled_table_html():
+    from fgcam_lib.evaluation.tables import styled
+
+    f1 = format_table(summarize(_synthetic_rows(), table=1, n_resamples=200))
+    st = styled(f1, caption="Table 1 (ours)")
+    assert isinstance(st, pd.io.formats.style.Styler)
+    html = st.to_html()
+    assert "<caption>Table 1 (ours)</caption>" in html
+    cell = f1.iloc[0, 0]
+    assert " ± " in cell and f">{cell}</td>" in html  # text cells kept as they are
+    assert 'colspan="2">Layer33</th>' in html and ">A.D.</th>" in html  # MultiIndex columns as spans
+    assert ">method</th>" not in html  # no row of index names
+    assert "text-align: right" in html and 'style="border-collapse' in html  # inline style survives sanitizers
+    # the same table gives the same HTML (saved notebooks stay stable); the text form is the table
+    assert styled(f1, caption="Table 1 (ours)").to_html() == html
+    assert repr(st).startswith("Table 1 (ours)\n") and cell in repr(st) and " at 0x" not in repr(st)
+    # floats by float_format, ints as ints, NaN as na_rep
+    num = pd.DataFrame({"share": [0.123456, float("nan")], "n": [3, 4]}, index=["a", "b"])
+    html = styled(num, float_format=".3f", na_rep="–").to_html()
+    assert ">0.123</td>" in html and ">–</td>" in html and ">3</td>" in html
+    assert "<caption>" not in html and styled(num).to_html() != styled(num, caption="x").to_html()
+
+
+def test_tables_module_imports_pandas_lazily():
+    import subprocess
+    import sys
+
+    code = "import sys, fgcam_lib.evaluation.tables; print('pandas' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
 # ------------------------------------------------------------------------------ command line
 def test_cli_writes_and_resumes(tmp_path, capsys):
     out = tmp_path / "bench.csv"

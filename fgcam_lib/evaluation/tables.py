@@ -10,11 +10,15 @@ the fractions.
     >>> s = summarize(rows)                                   # (method, layer, metric) -> mean, ci_low, ci_high, n
     >>> format_table(summarize(rows, table=1))                # the paper's Table 1 layout
     >>> format_summary(summarize(rows, by=["method"]), rows=["method"])   # one column per metric
+    >>> display(styled(format_table(summarize(rows, table=1)), caption="Table 1"))   # HTML in a notebook
 
 pandas is imported inside the functions.
 """
 from __future__ import annotations
 
+import functools
+import hashlib
+import numbers
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
@@ -27,7 +31,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = ["TABLES", "STATS", "table_number", "summarize", "group_ci", "format_table", "format_summary",
-           "throughput_table"]
+           "throughput_table", "styled", "TABLE_CSS"]
 
 #: the statistics of a summary, in column order
 STATS: tuple[str, ...] = ("mean", "ci_low", "ci_high", "n")
@@ -236,3 +240,80 @@ def throughput_table(timing: Mapping[str, Mapping[str, float]] | "pd.DataFrame")
                      "metrics img/s": rate(t["images"], t["metrics_s"]),
                      "total img/s": rate(t["images"], t["explain_s"] + t["metrics_s"])})
     return pd.DataFrame(rows).set_index("method") if rows else pd.DataFrame()
+
+
+# ------------------------------------------------------------------------------- HTML
+#: the compact look of :func:`styled` tables: (selector, CSS) pairs for ``Styler.set_table_styles``
+TABLE_CSS: tuple[tuple[str, str], ...] = (
+    ("", "border-collapse: collapse; font-size: 12px; margin: 0 0 1em 0"),
+    ("caption", "caption-side: top; text-align: left; font-weight: bold; padding: 0 0 4px 0"),
+    ("th, td", "padding: 2px 8px; white-space: nowrap; border: none"),
+    ("thead th", "background: #f2f4f7; font-weight: 600; text-align: center; border-bottom: 1px solid #c8ccd2"),
+    ("thead th.index_name", "text-align: left; font-weight: normal; color: #57606a"),
+    ("th.row_heading", "text-align: left; font-weight: 600; background: #fafbfc"),
+    ("td", "text-align: right; font-variant-numeric: tabular-nums"),
+    ("tbody tr:nth-child(even) td", "background: #fafbfc"),
+)
+
+
+def _cell_text(v: Any, na_rep: str, float_format: str) -> str:
+    """One cell as text: strings (``"25.48 ± 1.10"``) unchanged, ints as ints, floats by ``float_format``."""
+    if isinstance(v, str):
+        return v
+    if isinstance(v, (bool, np.bool_)) or isinstance(v, numbers.Integral):
+        return str(v)
+    if isinstance(v, numbers.Real):
+        return na_rep if np.isnan(v) else format(float(v), float_format)
+    return na_rep if v is None else str(v)
+
+
+@functools.cache
+def _styler_class() -> type:
+    """A ``Styler`` whose text form is the table as text (stable, unlike the default ``<... at 0x...>``).
+
+    Built on first use so that importing this module does not import pandas.
+    """
+    from pandas.io.formats.style import Styler
+
+    class StyledTable(Styler):
+        """A Styler that prints as its (formatted) table: readable in a terminal, stable in saved notebooks."""
+
+        text: str = ""
+
+        def __repr__(self) -> str:
+            return self.text
+
+    return StyledTable
+
+
+def styled(table: "pd.DataFrame", caption: str | None = None, *, na_rep: str = "NaN",
+           float_format: str = ".5g") -> "pd.io.formats.style.Styler":
+    """A table as a compact HTML ``Styler``: caption, light header, right-aligned cells.
+
+    Cells that are text (``"mean ± half-width"`` from :func:`format_table`) stay as they
+    are; floats are written with ``float_format`` (``".5g"``: round first for fewer
+    digits), NaN as ``na_rep``. MultiIndex columns render as spanning headers; the row
+    of index names is left out (the row labels say what they are). The HTML id comes
+    from the caption and the cells, so saving the same table twice gives the same
+    HTML, and the text form (``repr``) is the table as text.
+
+    Example:
+        >>> from IPython.display import display
+        >>> display(styled(format_table(summarize(rows, table=4)), caption="Table 4 (ours)"))
+        >>> html = styled(df.round(3)).to_html()
+    """
+    fmt = functools.partial(_cell_text, na_rep=na_rep, float_format=float_format)
+    text_table = table.map(fmt)
+    text = text_table.to_string()
+    # a content-derived id: several tables in one notebook get different ids, a re-run the same
+    key = hashlib.sha1(f"{caption}\n{text}\n{list(table.columns.names)}".encode()).hexdigest()[:10]
+    st = _styler_class()(table, uuid=key, cell_ids=False)
+    st.text = f"{caption}\n{text}" if caption else text
+    st.format(fmt)
+    st.hide(axis="index", names=True)
+    st.set_table_styles([{"selector": sel, "props": css} for sel, css in TABLE_CSS])
+    # inline too: JupyterLab drops <style> blocks from untrusted outputs but keeps style attributes
+    st.set_table_attributes('style="border-collapse: collapse; font-size: 12px"')
+    if caption:
+        st.set_caption(caption)
+    return st
