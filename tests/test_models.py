@@ -198,6 +198,24 @@ def test_bundled_vgg_fc_layout() -> None:
     assert ours.eval()(x).shape == (2, len(CLASSES))
 
 
+def test_vgg_models_share_one_init() -> None:
+    # one init for both VGG models: BN 1 / 0, zero biases, N(0, 0.01) classifiers; the FC
+    # model's hidden Linear layers He-initialised (std sqrt(2 / fan_in)), its last one N(0, 0.01)
+    torch.manual_seed(0)
+    plain = BundledVGG(scaled_cfg(8)).requires_grad_(False)
+    fc = BundledVGGFC(scaled_cfg(8)).requires_grad_(False)
+    for bn in (m for m in fc.modules() if isinstance(m, nn.BatchNorm2d)):
+        assert bool((bn.weight == 1).all()) and bool((bn.bias == 0).all())
+    for i in (0, 3):
+        w = fc.classifier[i].weight
+        assert abs(float(w.std()) / (2 / w.shape[1]) ** 0.5 - 1) < 0.05, i
+    assert abs(float(fc.classifier[6].weight.std()) - 0.01) < 0.003
+    assert abs(float(plain.classifier[1].weight.std()) - 0.01) < 0.003
+    assert all(float(m.bias.abs().max()) == 0 for m in fc.modules() if isinstance(m, (nn.Linear, nn.Conv2d)))
+    with pytest.raises(ValueError, match="linear"):
+        models._init_weights(nn.Linear(2, 2), linear="xavier")
+
+
 @pytest.mark.parametrize("name", ["bundled_vgg16bn_fc", "bundled_resnet"])
 def test_new_bundled_models_checkpoint_size_and_random_forward(name: str) -> None:
     model, pre = load_model(name, weights="random")

@@ -1,6 +1,7 @@
 """Tests of the training script: the config, checkpoints and resumption."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -127,3 +128,26 @@ def test_killed_process_resumes_to_the_same_weights(tmp_path: Path) -> None:
     resumed = train(TrainConfig.from_dict({**cut.to_dict(), "resume": True}))
     assert resumed["fingerprint"] == ref["fingerprint"] and resumed["steps"] == ref["steps"]
     assert resumed["resumes"] == 1
+
+
+def test_split_modules_are_re_exported_by_train() -> None:
+    # the script was split into recipes / checkpoint / train; old imports must keep working
+    from fgcam_lib.data import checkpoint, recipes
+    from fgcam_lib.data import train as T
+
+    for mod in (recipes, checkpoint):
+        for name in mod.__all__:
+            assert getattr(T, name) is getattr(mod, name), name
+    assert all(hasattr(T, name) for name in T.__all__)
+    assert T._resumed_config is checkpoint.resumed_config and T._coerce is recipes._coerce
+
+
+def test_checkpoint_keys_stay(tmp_path: Path) -> None:
+    # runs in progress are resumed from these keys; renaming one breaks them
+    cfg = _tiny(tmp_path, "keys", epochs=1, ckpt_steps=1, stop_after=2)
+    with pytest.raises(TrainingStopped):
+        train(cfg)
+    blob = load_checkpoint(checkpoint_path(cfg))
+    assert set(blob) == {"config", "state", "model", "opt", "sched", "gen", "torch_rng", "scene_seed",
+                         "data_checksum", "cuda_rng"}
+    assert list(blob["config"]) == [f.name for f in dataclasses.fields(TrainConfig)]

@@ -90,16 +90,7 @@ class BundledVGG(nn.Module):
         self.features, c_in = _vgg_features(self.cfg)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(c_in, n_classes))
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
+        _init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """B x 3 x S x S -> B x n_classes."""
@@ -107,6 +98,31 @@ class BundledVGG(nn.Module):
         x = self.avgpool(x)
         x = torch.flatten(x, 1)
         return self.classifier(x)
+
+
+def _init_weights(model: nn.Module, linear: str = "small") -> None:
+    """VGG-style init of ``model``'s layers in module order (the same RNG draws as torchvision's loop).
+
+    Conv2d: He (fan_out), BatchNorm2d: 1 / 0, biases 0; Linear weights: ``"small"`` N(0, 0.01)
+    (torchvision VGG) or ``"he"`` (He, fan_in, for narrow ReLU layers).
+
+    >>> _init_weights(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Linear(4, 2)), linear="he")
+    """
+    if linear not in ("small", "he"):
+        raise ValueError(f"linear must be 'small' or 'he', not {linear!r}")
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            if linear == "he":
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+            else:
+                nn.init.normal_(m.weight, 0, 0.01)
+            nn.init.zeros_(m.bias)
 
 
 def _vgg_features(cfg: Sequence[int | str]) -> tuple[nn.Sequential, int]:
@@ -148,18 +164,9 @@ class BundledVGGFC(nn.Module):
             nn.Linear(c_last * pool * pool, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
             nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
             nn.Linear(hidden, n_classes))
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                # He init keeps the signal's scale through two narrow ReLU layers (torchvision's
-                # N(0, 0.01) suits 4096 wide layers, not 512); the last layer starts small
-                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-                nn.init.zeros_(m.bias)
+        # He init keeps the signal's scale through two narrow ReLU layers (torchvision's
+        # N(0, 0.01) suits 4096 wide layers, not 512); the last layer starts small
+        _init_weights(self, linear="he")
         nn.init.normal_(self.classifier[6].weight, 0, 0.01)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -17,17 +17,17 @@ optimizer, schedule, RNG states, step / epoch, the scene seed and a checksum of 
 generated data -- goes to ``<out>.ckpt``; ``--resume`` continues from it. Writes
 ``<out>`` (state dict + card) and ``<out>.json`` (the card: architecture, data, recipe,
 cost, measured held-out accuracies, fingerprint) when the run finishes.
+
+The config, recipes and flags live in :mod:`fgcam_lib.data.recipes`, the checkpoint
+in :mod:`fgcam_lib.data.checkpoint`; their names are re-exported here.
 """
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import json
 import math
-import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -36,194 +36,27 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..evaluation.store import model_fingerprint
-from .models import BUNDLED_CHECKPOINT, DATA_DIR, IMAGENET_MEAN, IMAGENET_STD, build_bundled, scaled_cfg
+from .checkpoint import (TrainingStopped, TrainState, checkpoint_path, load_checkpoint, log, restore,
+                         resumed_config, save_checkpoint)
+from .models import IMAGENET_MEAN, IMAGENET_STD, build_bundled
+from . import recipes as _recipes
+from .recipes import RECIPES, TINY, TrainConfig, parse_config
 from .scenes import CLASSES, SyntheticScenes
 
 __all__ = [
     "TrainConfig", "RECIPES", "TINY", "OneCycle", "TrainState", "TrainingStopped", "SceneData",
     "train", "main", "parse_config", "make_data", "make_model", "train_epoch", "evaluate", "write_card",
     "save_checkpoint", "load_checkpoint", "checkpoint_path", "normalise", "soft_targets", "predict",
-    "top1_accuracy", "pairs_top2", "one_cycle", "scenes_tensors", "log",
+    "top1_accuracy", "pairs_top2", "one_cycle", "scenes_tensors", "log", "resumed_config", "restore",
 ]
 
-
-# ------------------------------------------------------------------ config ------------
-@dataclass
-class TrainConfig:
-    """One training run. Fields above ``threads`` decide the result; the rest only how it runs.
-
-    >>> cfg = TrainConfig(arch="bundled_resnet", size=96)
-    >>> TrainConfig.from_dict(cfg.to_dict()) == cfg
-    True
-    """
-
-    arch: str = "bundled"  # bundled | bundled_vgg16bn_fc | bundled_resnet
-    width_div: int = 8  # VGG archs: torchvision VGG16 widths divided by this
-    widths: tuple[int, ...] = (16, 32, 64, 128)  # bundled_resnet: replaces resnet18's 64, 128, 256, 512
-    pool: int = 3  # bundled_vgg16bn_fc: AdaptiveAvgPool2d output side
-    hidden: int = 512  # bundled_vgg16bn_fc: width of the two hidden FC layers
-    dropout: float = 0.2  # VGG archs (torchvision's ResNet has none)
-    size: int = 128
-    n_train: int = 20000
-    n_train_pairs: int = 6000
-    n_val: int = 300
-    n_test: int = 1000
-    n_pairs: int = 500
-    epochs: int = 10
-    minutes: float = 0.0
-    batch: int = 64
-    lr: float = 2e-3
-    wd: float = 5e-4
-    seed: int = 0
-    init: Path | None = None
-    # how the run goes (not part of the result)
-    threads: int = 0
-    device: str = field(default_factory=lambda: "cuda" if torch.cuda.is_available() else "cpu")
-    out: Path = BUNDLED_CHECKPOINT
-    ckpt: Path | None = None
-    ckpt_minutes: float = 5.0
-    ckpt_steps: int = 0
-    ckpt_dir: Path | None = None
-    cache: Path | None = None
-    log_steps: int = 50
-    resume: bool = False
-    stop_after: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (paths as strings, tuples as lists)."""
-        out: dict[str, Any] = {}
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            out[f.name] = str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v
-        return out
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        """Inverse of :meth:`to_dict` (unknown keys are an error)."""
-        kw: dict[str, Any] = {}
-        for name, v in d.items():
-            kw[name] = _coerce(name, v)
-        return cls(**kw)
-
-    def result_fields(self) -> dict[str, Any]:
-        """The fields that decide the trained weights (a resumed run takes these from its checkpoint)."""
-        d = self.to_dict()
-        return {k: d[k] for k in _RESULT_FIELDS}
-
-    def arch_kwargs(self) -> dict[str, Any]:
-        """Constructor arguments of :func:`~fgcam_lib.data.models.build_bundled` for ``arch``."""
-        if self.arch == "bundled_resnet":
-            return {"widths": list(self.widths)}
-        kw: dict[str, Any] = {"cfg": scaled_cfg(self.width_div), "dropout": self.dropout}
-        if self.arch == "bundled_vgg16bn_fc":
-            kw.update(pool=self.pool, hidden=self.hidden)
-        return kw
-
-
-_FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
-_PATH_FIELDS = {n for n, t in _FIELD_TYPES.items() if "Path" in str(t)}
-_FIELD_NAMES = [f.name for f in dataclasses.fields(TrainConfig)]
-_RESULT_FIELDS = _FIELD_NAMES[:_FIELD_NAMES.index("threads")]  # the ones that decide the weights
-
-
-def _coerce(name: str, v: Any) -> Any:
-    if name not in _FIELD_TYPES:
-        raise ValueError(f"unknown training config field {name!r}")
-    if name in _PATH_FIELDS:  # "none" on the command line clears a recipe's path (e.g. --init none)
-        return None if v is None or str(v).lower() in ("", "none") else Path(v)
-    if name == "widths":
-        return tuple(int(c) for c in v)
-    return v
-
-
-#: named recipes: field overrides of :class:`TrainConfig` (TRAINING.md explains each)
-RECIPES: dict[str, dict[str, Any]] = {
-    "bundled_resnet": dict(
-        arch="bundled_resnet", widths=(16, 32, 64, 128), size=96, n_train=20000, n_train_pairs=20000,
-        epochs=60, minutes=120.0, batch=32, lr=2e-3, wd=0.05, out=DATA_DIR / "bundled_resnet.pt"),
-    "bundled_vgg16bn_fc": dict(
-        arch="bundled_vgg16bn_fc", width_div=8, pool=3, hidden=512, dropout=0.5, size=96, n_train=20000,
-        n_train_pairs=20000, epochs=20, minutes=60.0, batch=32, lr=1e-3, wd=0.05,
-        init=DATA_DIR / "bundled_vgg16bn.pt", out=DATA_DIR / "bundled_vgg16bn_fc.pt"),
-}
-#: a run of seconds for tests
-TINY: dict[str, Any] = dict(size=32, n_train=64, n_train_pairs=32, n_val=16, n_test=32, n_pairs=16, epochs=1,
-                            batch=32, width_div=16, widths=(4, 8, 8, 16), hidden=32, pool=1)
-
-_HELP: dict[str, str] = {
-    "arch": "architecture: bundled, bundled_vgg16bn_fc or bundled_resnet",
-    "width_div": "VGG archs: divide VGG16 channel widths by this",
-    "widths": "bundled_resnet: the four stage widths",
-    "pool": "bundled_vgg16bn_fc: pooled side before the classifier",
-    "hidden": "bundled_vgg16bn_fc: hidden FC width",
-    "size": "input side in pixels",
-    "n_train": "single-object training scenes",
-    "n_train_pairs": "two-object training scenes (soft targets)",
-    "n_val": "held-out scenes evaluated every epoch",
-    "n_test": "'test' scenes for the final accuracy",
-    "n_pairs": "'pairs' scenes for the final top-2 metric",
-    "minutes": "if > 0: train for this many minutes of wall time, with the one-cycle schedule driven by elapsed "
-               "time instead of steps (--epochs is then an upper bound)",
-    "lr": "peak AdamW learning rate (one-cycle)",
-    "wd": "AdamW weight decay",
-    "seed": "torch seed and scene seed",
-    "init": "start from the weights of this checkpoint (fine-tuning, new schedule; tensors whose name and shape "
-            "match are loaded)",
-    "threads": "torch CPU threads (0: leave default)",
-    "out": "output checkpoint (.pt); card = .json",
-    "ckpt": "resumable training state (default: <out>.ckpt)",
-    "ckpt_minutes": "write the training state at least this often (minutes of wall time)",
-    "ckpt_steps": "also write it every this many steps (0: off)",
-    "ckpt_dir": "also keep a copy of the weights after every epoch here",
-    "cache": "folder to cache generated scenes in",
-    "log_steps": "log progress every this many steps",
-    "resume": "continue from the training state (its recipe wins over the command line's; a missing one starts "
-              "afresh)",
-    "stop_after": "stop (as if killed, no checkpoint) after this many steps in this process; for tests",
-}
-
-
-def parse_config(argv: Sequence[str] | None = None) -> TrainConfig:
-    """Command line -> :class:`TrainConfig`: defaults, then ``--recipe`` / ``--tiny``, then explicit flags.
-
-    >>> parse_config(["--recipe", "bundled_resnet", "--threads", "1"]).arch
-    'bundled_resnet'
-    """
-    p = argparse.ArgumentParser(prog="python -m fgcam_lib.data.train", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                                argument_default=argparse.SUPPRESS)
-    p.add_argument("--recipe", choices=sorted(RECIPES), help="start from a named recipe (TRAINING.md)")
-    p.add_argument("--tiny", action="store_true", help="tiny run for tests: a few scenes, one epoch, 32 px")
-    defaults = TrainConfig()
-    for f in dataclasses.fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        default = getattr(defaults, f.name)
-        helptext = _HELP.get(f.name, "") + f" (default: {default})"
-        if isinstance(default, bool):
-            p.add_argument(flag, action="store_true", help=helptext)
-        elif isinstance(default, tuple):
-            p.add_argument(flag, type=int, nargs="+", help=helptext)
-        elif f.name in _PATH_FIELDS:
-            p.add_argument(flag, type=Path, help=helptext)
-        else:
-            p.add_argument(flag, type=type(default), help=helptext)
-    given = vars(p.parse_args(argv))
-    values: dict[str, Any] = {}
-    if given.pop("tiny", False):
-        values.update(TINY)
-    recipe = given.pop("recipe", None)
-    if recipe is not None:
-        values.update(RECIPES[recipe])
-    values.update(given)
-    return TrainConfig.from_dict(values)
+# private names that lived here before the split, for code that imported them from here
+_resumed_config, _restore, _coerce, _HELP = resumed_config, restore, _recipes._coerce, _recipes._HELP
+_FIELD_TYPES, _PATH_FIELDS = _recipes._FIELD_TYPES, _recipes._PATH_FIELDS
+_FIELD_NAMES, _RESULT_FIELDS = _recipes._FIELD_NAMES, _recipes._RESULT_FIELDS
 
 
 # ------------------------------------------------------------------ helpers -----------
-def log(msg: str) -> None:
-    """Print with a UTC date-time stamp (flushed, for log files)."""
-    print(f"[{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())}Z] {msg}", flush=True)
-
-
 def normalise(x: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
               ) -> torch.Tensor:
     """B x 3 x H x W uint8 -> float, scaled to [0, 1] and normalised per channel."""
@@ -381,64 +214,6 @@ def _init_from(model: nn.Module, path: Path) -> dict[str, Any]:
     keys = ("arch", "n_train", "n_train_pairs", "epochs", "steps", "optimizer", "history", "test_accuracy",
             "pairs_top2", "wall_seconds")
     return {"path": str(path), "tensors_loaded": len(match), **{k: card.get(k) for k in keys if k in card}}
-
-
-# ------------------------------------------------------------------ state -------------
-@dataclass
-class TrainState:
-    """Where a run is: epoch and step within it, totals, history, timing; saved in the checkpoint."""
-
-    epoch: int = 0
-    k: int = 0  # steps done in the current epoch
-    step: int = 0
-    run_loss: float = 0.0  # summed loss of the current epoch's steps
-    epoch_seconds: float = 0.0
-    train_seconds: float = 0.0  # wall time spent training (drives a time-budget schedule)
-    step_seconds: float = 0.0  # forward + backward + update time only
-    step_images: int = 0
-    history: list[dict[str, float]] = field(default_factory=list)
-    prior: dict[str, Any] = field(default_factory=dict)
-    resumes: int = 0
-
-
-class TrainingStopped(RuntimeError):
-    """Raised when ``stop_after`` steps are done: the process ends as if killed (for tests)."""
-
-
-def checkpoint_path(cfg: TrainConfig) -> Path:
-    """``cfg.ckpt`` or ``<out>.ckpt``."""
-    return cfg.ckpt if cfg.ckpt is not None else Path(str(cfg.out) + ".ckpt")
-
-
-def save_checkpoint(path: Path, cfg: TrainConfig, state: TrainState, model: nn.Module,
-                    opt: torch.optim.Optimizer, sched: OneCycle, gen: torch.Generator, checksum: int) -> None:
-    """Write the whole training state to ``path`` atomically (a kill mid-write keeps the old file)."""
-    blob = {
-        "config": cfg.to_dict(), "state": dataclasses.asdict(state), "model": model.state_dict(),
-        "opt": opt.state_dict(), "sched": sched.state_dict(), "gen": gen.get_state(),
-        "torch_rng": torch.get_rng_state(), "scene_seed": cfg.seed, "data_checksum": checksum,
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(blob, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: Path, device: str = "cpu") -> dict[str, Any]:
-    """A checkpoint written by :func:`save_checkpoint` (plain dict)."""
-    return torch.load(path, map_location=device, weights_only=False)
-
-
-def _resumed_config(cfg: TrainConfig, blob: dict[str, Any]) -> TrainConfig:
-    """The checkpoint's result fields with this command line's run fields; logs what differed."""
-    saved = TrainConfig.from_dict(blob["config"])
-    ours, theirs = cfg.result_fields(), saved.result_fields()
-    diff = {k: (ours[k], theirs[k]) for k in ours if ours[k] != theirs[k]}
-    if diff:
-        log("resuming with the checkpoint's recipe; ignored on the command line: "
-            + ", ".join(f"{k}={a} (checkpoint {b})" for k, (a, b) in diff.items()))
-    return dataclasses.replace(cfg, **{k: getattr(saved, k) for k in theirs})
 
 
 # ------------------------------------------------------------------ loop --------------
@@ -609,7 +384,7 @@ def train(cfg: TrainConfig, command: str = "") -> dict[str, Any]:
     if cfg.resume and blob is None:
         log(f"no training state at {ckpt}: starting afresh")
     if blob is not None:
-        cfg = _resumed_config(cfg, blob)
+        cfg = resumed_config(cfg, blob)
     log(f"{'resuming' if blob else 'training'} {cfg.arch} -> {cfg.out} (state: {ckpt}); threads "
         f"{torch.get_num_threads()}; config {json.dumps(cfg.result_fields())}")
     data = make_data(cfg)
@@ -620,7 +395,7 @@ def train(cfg: TrainConfig, command: str = "") -> dict[str, Any]:
     gen = torch.Generator().manual_seed(cfg.seed)
     state, gen_state = TrainState(), None
     if blob is not None:
-        state = _restore(blob, data, model, opt, sched)
+        state = restore(blob, data, model, opt, sched)
         gen_state = blob["gen"] if state.k > 0 else None  # mid-epoch: continue the epoch's flip stream
     elif cfg.init is not None:
         state.prior = _init_from(model, cfg.init)
@@ -654,25 +429,6 @@ def train(cfg: TrainConfig, command: str = "") -> dict[str, Any]:
             break
     metrics = evaluate(model, cfg)
     return write_card(model, cfg, state, metrics, time.time() - t_start, command)
-
-
-def _restore(blob: dict[str, Any], data: SceneData, model: nn.Module, opt: torch.optim.Optimizer,
-             sched: OneCycle) -> TrainState:
-    """Put the checkpoint's weights, optimizer, schedule and RNG states back; returns its TrainState."""
-    if blob["data_checksum"] != data.checksum:
-        raise RuntimeError(f"regenerated scenes differ from the checkpoint's (checksum {data.checksum} vs "
-                           f"{blob['data_checksum']}); was the scene code changed?")
-    model.load_state_dict(blob["model"])
-    opt.load_state_dict(blob["opt"])
-    sched.load_state_dict(blob["sched"])
-    torch.set_rng_state(blob["torch_rng"])
-    if blob.get("cuda_rng"):
-        torch.cuda.set_rng_state_all(blob["cuda_rng"])
-    state = TrainState(**blob["state"])
-    state.resumes += 1
-    log(f"resumed at epoch {state.epoch + 1}, step {state.k} of it (total {state.step}), "
-        f"{state.train_seconds / 60:.1f} min trained")
-    return state
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
