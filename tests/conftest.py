@@ -1,9 +1,38 @@
-"""Shared fixtures: small random-init CNNs with non-trivial BatchNorm statistics."""
+"""Shared fixtures: small random-init CNNs with non-trivial BatchNorm statistics; the
+``browser`` marker (tests/browser), run on request only: `make test-browser` (or
+`pytest -m browser`). `make test` collects those tests too and skips them with one line,
+so the suite does not start JupyterLab and Chromium twice in `.ci/run`.
+
+(One conftest for the whole tree: a second one in tests/browser would be imported under the
+same module name and hide this one from the test modules that import its helpers.)
+"""
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
 from torch import nn
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "browser: drives JupyterLab in headless Chromium (make test-browser)")
+
+
+def browser_requested(config: pytest.Config) -> bool:
+    """True under `make test-browser`, `-m browser` or with FGCAM_BROWSER(_REQUIRED) set."""
+    if os.environ.get("FGCAM_BROWSER") == "1" or os.environ.get("FGCAM_BROWSER_REQUIRED"):
+        return True
+    return "browser" in (config.getoption("-m", default="") or "")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if browser_requested(config):
+        return
+    skip = pytest.mark.skip(reason="browser test: run it with `make test-browser`")
+    for item in items:
+        if item.get_closest_marker("browser"):
+            item.add_marker(skip)
+
 
 # VGG16-BN's features layout with narrow widths: max-pools at 6, 13, 23, 33, 43.
 VGG16_CFG = [1, 1, "M", 2, 2, "M", 4, 4, 4, "M", 8, 8, 8, "M", 8, 8, 8, "M"]

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .readers import PathLike, Size, _as_hw, _resize, load_image
+from .readers import PathLike, Size, as_hw, resize_image, load_image
 
 __all__ = ["IMAGENET_ENV_VARS", "ImageNetVal", "read_synset_mapping"]
 
@@ -189,7 +189,7 @@ class ImageNetVal(Dataset):
         size: Size = 224,
     ) -> None:
         self.root = Path(root)
-        self.size = _as_hw(size)
+        self.size = as_hw(size)
         if not self.root.is_dir():
             raise FileNotFoundError(
                 f"ImageNet val folder not found: {str(self.root)!r}. Point it at the folder holding "
@@ -333,7 +333,7 @@ class ImageNetVal(Dataset):
             warnings.simplefilter("ignore", UserWarning)  # PIL's EXIF/ICC chatter on some val JPEGs
             native = load_image(rec.path, None, exif_transpose=False)
         h, w = native.shape[-2:]
-        image = _resize(native, self.size)
+        image = resize_image(native, self.size)
         out_h, out_w = image.shape[-2:]
         boxes = torch.tensor(rec.boxes, dtype=torch.float64).reshape(-1, 4)
         scale = torch.tensor([out_w / w, out_h / h, out_w / w, out_h / h], dtype=torch.float64)

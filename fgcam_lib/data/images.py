@@ -39,7 +39,7 @@ from torch.utils.data import Dataset
 
 from .imagenet import IMAGENET_ENV_VARS, ImageNetVal, read_synset_mapping
 from .photos import DEFAULT_SAMPLE_PHOTOS, SAMPLE_PHOTOS, SamplePhoto, sample_photos
-from .readers import (ImageSource, PathLike, Size, _as_hw, _center_square, _open_pil, _pil_to_rgb_array, _resize,
+from .readers import (ImageSource, PathLike, Size, as_hw, center_square, open_pil, pil_to_rgb_array, resize_image,
                       image_extensions, load_image, load_images, to_batch)
 
 __all__ = [
@@ -59,8 +59,10 @@ __all__ = [
     "to_batch",
 ]
 
-# the private helpers stay importable from here, where they used to live
-_REEXPORTED = (ImageSource, PathLike, Size, _center_square, _open_pil, _pil_to_rgb_array, _resize)
+# the readers' helpers stay importable from here, where they used to live (under their old names too)
+_REEXPORTED = (ImageSource, PathLike, Size)
+_as_hw, _center_square, _open_pil, _pil_to_rgb_array, _resize = (
+    as_hw, center_square, open_pil, pil_to_rgb_array, resize_image)
 
 
 # --------------------------------------------------------------------------- plain folders
@@ -82,7 +84,7 @@ class ImageFolderDataset(Dataset):
 
     def __init__(self, folder: PathLike, size: Size = 224, recursive: bool = False) -> None:
         self.folder = Path(folder)
-        self.size = _as_hw(size)
+        self.size = as_hw(size)
         if not self.folder.is_dir():
             raise FileNotFoundError(f"image folder not found: {str(self.folder)!r}")
         exts = image_extensions()

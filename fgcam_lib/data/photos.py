@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .readers import Size, _as_hw, _center_square, _resize
+from .readers import Size, as_hw, center_square, resize_image
 
 __all__ = ["SamplePhoto", "SAMPLE_PHOTOS", "DEFAULT_SAMPLE_PHOTOS", "sample_photos"]
 
@@ -113,7 +113,7 @@ def sample_photos(
         >>> x.shape, names, classes
         (torch.Size([2, 3, 224, 224]), ['cat', 'coffee'], [281, 967])
     """
-    hw = _as_hw(size)
+    hw = as_hw(size)
     chosen = list(DEFAULT_SAMPLE_PHOTOS if names is None else names)
     unknown = [n for n in chosen if n not in SAMPLE_PHOTOS]
     if unknown:
@@ -122,5 +122,5 @@ def sample_photos(
     for name in chosen:
         arr = _skimage_photo(SAMPLE_PHOTOS[name])
         x = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))).float().div_(255.0)
-        images.append(_resize(_center_square(x), hw))
+        images.append(resize_image(center_square(x), hw))
     return torch.stack(images), chosen, [SAMPLE_PHOTOS[n].imagenet_class for n in chosen]

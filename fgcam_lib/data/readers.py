@@ -22,14 +22,15 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
-__all__ = ["PathLike", "ImageSource", "Size", "load_image", "load_images", "image_extensions", "to_batch"]
+__all__ = ["PathLike", "ImageSource", "Size", "load_image", "load_images", "image_extensions", "to_batch",
+           "as_hw", "open_pil", "pil_to_rgb_array", "resize_image", "center_square"]
 
 PathLike = Union[str, os.PathLike]
 ImageSource = Union[PathLike, Image.Image]
 Size = Union[int, tuple[int, int], None]
 
 
-def _as_hw(size: Size) -> tuple[int, int] | None:
+def as_hw(size: Size) -> tuple[int, int] | None:
     """Normalise ``size`` (int -> square, ``(H, W)``, or None) and validate it."""
     if size is None:
         return None
@@ -44,7 +45,7 @@ def _as_hw(size: Size) -> tuple[int, int] | None:
     return hw
 
 
-def _open_pil(path: PathLike) -> Image.Image:
+def open_pil(path: PathLike) -> Image.Image:
     """Open and fully decode ``path``; FileNotFoundError / ValueError on failure."""
     p = Path(path)
     if not p.exists():
@@ -59,7 +60,7 @@ def _open_pil(path: PathLike) -> Image.Image:
         raise ValueError(f"{str(p)!r} is not a readable image: {err}") from err
 
 
-def _pil_to_rgb_array(im: Image.Image) -> np.ndarray:
+def pil_to_rgb_array(im: Image.Image) -> np.ndarray:
     """PIL image of any common mode -> float32 array ``H x W x 3`` in [0, 1].
 
     16-bit and 32-bit integer grey modes are scaled by 65535, float mode ``F`` is
@@ -77,7 +78,7 @@ def _pil_to_rgb_array(im: Image.Image) -> np.ndarray:
     return rgb
 
 
-def _resize(x: Tensor, hw: tuple[int, int] | None) -> Tensor:
+def resize_image(x: Tensor, hw: tuple[int, int] | None) -> Tensor:
     """Bilinear, antialiased resize of ``[..., C, H, W]`` to ``hw``; clamped to [0, 1]."""
     if hw is None or tuple(x.shape[-2:]) == hw:
         return x
@@ -87,7 +88,7 @@ def _resize(x: Tensor, hw: tuple[int, int] | None) -> Tensor:
     return out if x.dim() == 4 else out[0]
 
 
-def _center_square(x: Tensor) -> Tensor:
+def center_square(x: Tensor) -> Tensor:
     """Crop ``[..., H, W]`` to its centred ``s x s`` square, ``s = min(H, W)``."""
     h, w = x.shape[-2:]
     s = min(h, w)
@@ -127,18 +128,18 @@ def load_image(
         >>> x.shape, x.dtype
         (torch.Size([3, 224, 224]), torch.float32)
     """
-    hw = _as_hw(size)
+    hw = as_hw(size)
     if isinstance(path_or_pil, Image.Image):
         im = path_or_pil
     elif isinstance(path_or_pil, (str, os.PathLike)):
-        im = _open_pil(path_or_pil)
+        im = open_pil(path_or_pil)
     else:
         raise TypeError(f"expected a path or a PIL image, got {type(path_or_pil).__name__}")
     if exif_transpose:
         im = ImageOps.exif_transpose(im)
-    arr = _pil_to_rgb_array(im)
+    arr = pil_to_rgb_array(im)
     x = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
-    return _resize(x, hw)
+    return resize_image(x, hw)
 
 
 def load_images(paths: Iterable[ImageSource], size: Size = 224) -> Tensor:
@@ -235,7 +236,7 @@ def _unit_range(t: Tensor) -> Tensor:
 
 def _one(item: Any, size: Size) -> Tensor:
     """One path / PIL image / array / tensor (an image or a batch) -> ``B x 3 x H x W`` in [0, 1]."""
-    hw = _as_hw(size)
+    hw = as_hw(size)
     if isinstance(item, (str, os.PathLike, Image.Image)):
         return load_image(item, hw)[None]
     if isinstance(item, np.ndarray):
@@ -250,7 +251,7 @@ def _one(item: Any, size: Size) -> Tensor:
     if t.numel() == 0:
         raise ValueError(f"got an empty image or batch (shape {tuple(t.shape)}); pass at least one image")
     x = _to_rgb(_as_chw(t, channels_first))
-    return _resize(_unit_range(x), hw)
+    return resize_image(_unit_range(x), hw)
 
 
 def to_batch(images: ImageInput, size: Size = None) -> Tensor:

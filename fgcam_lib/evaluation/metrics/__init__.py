@@ -36,7 +36,7 @@ permutation drawn from ``seed``, never by raster order.
 
 from __future__ import annotations
 
-from ._core import PAPER_AREA, PAPER_BLUR_KERNEL, PAPER_BLUR_SIGMA, PAPER_N_STEPS, PAPER_STEP
+from .common import PAPER_AREA, PAPER_BLUR_KERNEL, PAPER_BLUR_SIGMA, PAPER_N_STEPS, PAPER_STEP
 from .drop_increase import DropIncrease, average_drop_increase, keep_mask
 from .insertion_deletion import InsertionDeletion, default_step, insertion_deletion
 from .localization import boxes_to_masks, max_points, pointing_game, proportion, proportion_mask

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ._core import BaselineLike, TargetLike, check_images, check_maps, check_unit_interval, clean_logits, resolve_target, target_probs
+from .common import BaselineLike, TargetLike, check_images, check_maps, check_unit_interval, clean_logits, resolve_target, target_probs
 from .maps import pixel_ranks, rank_pixels, resolve_baseline, upsample_maps
 
 @dataclass

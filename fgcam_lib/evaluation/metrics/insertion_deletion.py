@@ -7,7 +7,7 @@ from typing import Iterator
 import torch
 from torch import Tensor, nn
 
-from ._core import BaselineLike, PAPER_N_STEPS, TargetLike, check_images, check_maps, clean_logits, resolve_target, target_probs
+from .common import BaselineLike, PAPER_N_STEPS, TargetLike, check_images, check_maps, clean_logits, resolve_target, target_probs
 from .maps import pixel_ranks, rank_pixels, resolve_baseline
 
 @dataclass

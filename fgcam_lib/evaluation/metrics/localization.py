@@ -6,7 +6,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from ._core import check_maps
+from .common import check_maps
 from .maps import rank_pixels, upsample_maps
 
 BoxesLike = Tensor | Sequence[Tensor | Sequence[Sequence[float]] | Sequence[float]]

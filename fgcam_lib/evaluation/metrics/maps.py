@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._core import BaselineLike, PAPER_BLUR_KERNEL, PAPER_BLUR_SIGMA, check_images, check_maps
+from .common import BaselineLike, PAPER_BLUR_KERNEL, PAPER_BLUR_SIGMA, check_images, check_maps
 
 def upsample_maps(
     maps: Tensor,

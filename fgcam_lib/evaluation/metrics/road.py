@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ._core import TargetLike, check_images, check_maps, check_unit_interval, clean_logits, resolve_target, target_probs
+from .common import TargetLike, check_images, check_maps, check_unit_interval, clean_logits, resolve_target, target_probs
 from .maps import pixel_ranks, rank_pixels
 
 # ROAD's noisy linear imputation: a removed pixel equals the weighted mean of its

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ._core import TargetLike, check_images, check_maps, clean_logits, resolve_target
+from .common import TargetLike, check_images, check_maps, clean_logits, resolve_target
 
 def _minmax(a: np.ndarray) -> np.ndarray:
     """Scale to [0, 1]; a constant array becomes all zeros."""
