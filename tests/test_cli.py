@@ -126,10 +126,10 @@ def test_explain_help_documents_the_outputs(capsys):
 
 
 def test_evaluate_dispatches_to_the_runner(monkeypatch):
-    from fgcam_lib.evaluation import runner
+    from fgcam_lib.evaluation import cli as evaluation_cli
 
     seen = []
-    monkeypatch.setattr(runner, "main", lambda argv=None: seen.append(list(argv)) or 0)
+    monkeypatch.setattr(evaluation_cli, "main", lambda argv=None: seen.append(list(argv)) or 0)
     assert cli.main(["evaluate", "--model", "bundled", "--n", "8"]) == 0
     assert seen == [["--model", "bundled", "--n", "8"]]
 

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from fgcam_lib.evaluation import metrics as M
+from fgcam_lib.evaluation.cli import main
 from fgcam_lib.evaluation.runner import (
-    COLUMNS, METRIC_GROUPS, CleanLogitsCache, format_table, main, read_results, run_evaluation, summarize,
+    COLUMNS, METRIC_GROUPS, CleanLogitsCache, format_table, read_results, run_evaluation, summarize,
     throughput_table,
 )
 from fgcam_lib.methods import (

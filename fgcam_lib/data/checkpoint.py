@@ -15,15 +15,21 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn as nn
 
 from .recipes import TrainConfig
 
-if TYPE_CHECKING:  # annotations only: the loop imports this module, not the other way round
-    from .train import OneCycle, SceneData
+
+
+class Stateful(Protocol):
+    """What a checkpoint keeps of a schedule: its state (the loop's ``OneCycle``)."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 __all__ = ["TrainState", "TrainingStopped", "checkpoint_path", "save_checkpoint", "load_checkpoint",
            "resumed_config", "restore", "log"]
@@ -65,7 +71,7 @@ def checkpoint_path(cfg: TrainConfig) -> Path:
 
 
 def save_checkpoint(path: Path, cfg: TrainConfig, state: TrainState, model: nn.Module,
-                    opt: torch.optim.Optimizer, sched: OneCycle, gen: torch.Generator, checksum: int) -> None:
+                    opt: torch.optim.Optimizer, sched: Stateful, gen: torch.Generator, checksum: int) -> None:
     """Write the whole training state to ``path`` atomically (a kill mid-write keeps the old file)."""
     blob = {
         "config": cfg.to_dict(), "state": dataclasses.asdict(state), "model": model.state_dict(),
@@ -95,11 +101,13 @@ def resumed_config(cfg: TrainConfig, blob: dict[str, Any]) -> TrainConfig:
     return dataclasses.replace(cfg, **{k: getattr(saved, k) for k in theirs})
 
 
-def restore(blob: dict[str, Any], data: SceneData, model: nn.Module, opt: torch.optim.Optimizer,
-            sched: OneCycle) -> TrainState:
-    """Put the checkpoint's weights, optimizer, schedule and RNG states back; returns its TrainState."""
-    if blob["data_checksum"] != data.checksum:
-        raise RuntimeError(f"regenerated scenes differ from the checkpoint's (checksum {data.checksum} vs "
+def restore(blob: dict[str, Any], checksum: int, model: nn.Module, opt: torch.optim.Optimizer,
+            sched: Stateful) -> TrainState:
+    """Put the checkpoint's weights, optimizer, schedule and RNG states back; returns its TrainState.
+
+    ``checksum``: that of the regenerated training scenes, which must equal the checkpoint's."""
+    if blob["data_checksum"] != checksum:
+        raise RuntimeError(f"regenerated scenes differ from the checkpoint's (checksum {checksum} vs "
                            f"{blob['data_checksum']}); was the scene code changed?")
     model.load_state_dict(blob["model"])
     opt.load_state_dict(blob["opt"])

@@ -395,7 +395,7 @@ def train(cfg: TrainConfig, command: str = "") -> dict[str, Any]:
     gen = torch.Generator().manual_seed(cfg.seed)
     state, gen_state = TrainState(), None
     if blob is not None:
-        state = restore(blob, data, model, opt, sched)
+        state = restore(blob, data.checksum, model, opt, sched)
         gen_state = blob["gen"] if state.k > 0 else None  # mid-epoch: continue the epoch's flip stream
     elif cfg.init is not None:
         state.prior = _init_from(model, cfg.init)

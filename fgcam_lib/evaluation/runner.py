@@ -61,7 +61,7 @@ if TYPE_CHECKING:  # pandas is imported lazily, inside the functions that tabula
 
 __all__ = [
     "METRIC_GROUPS", "METRIC_LABELS", "COLUMNS", "PAPER_LAYERS", "TABLES",
-    "run_evaluation", "summarize", "format_table", "throughput_table", "read_results", "main",
+    "run_evaluation", "summarize", "format_table", "throughput_table", "read_results",
     "Batch", "load_batch", "CleanLogitsCache", "Throughput", "table_number", "check_request",
 ]
 
@@ -277,10 +277,3 @@ def _add_rows(cols: dict[str, list], batch: Batch, target: Tensor, method: str, 
                 for c, val in zip(COLUMNS, (data, batch.ids[j], batch.indices[j], int(batch.labels[j]),
                                             int(target[j]), method, layer, metric, v[j])):
                     cols[c].append(val)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """The command line (:func:`fgcam_lib.evaluation.cli.main`); returns the exit status."""
-    from .cli import main as cli_main
-
-    return cli_main(argv)

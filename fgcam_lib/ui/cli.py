@@ -263,7 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fgcam`` console script; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "evaluate":
-        from ..evaluation.runner import main as evaluate
+        from ..evaluation.cli import main as evaluate
 
         return evaluate(argv[1:])
     parser = build_parser()
