@@ -29,7 +29,7 @@ from matplotlib.figure import Figure
 
 __all__ = [
     "SEQUENTIAL_CMAP", "DIVERGING_CMAP", "ArrayLike", "Size",
-    "as_tensor", "as_array", "as_image", "as_map", "upsample", "normalize_map", "colormap", "color_scale",
+    "as_tensor", "as_array", "as_image", "as_map", "one_image", "upsample", "normalize_map", "colormap", "color_scale",
     "colorize", "overlay", "clean_axes", "show_map", "new_figure",
 ]
 
@@ -196,13 +196,19 @@ def clean_axes(ax: Axes) -> None:
         spine.set_visible(False)
 
 
-def as_map(map: ArrayLike, index: int = 0) -> torch.Tensor:
-    t = as_tensor(map)
-    if t.dim() == 3:
+def one_image(x: ArrayLike, dims: int, index: int = 0, what: str = "an h x w map") -> torch.Tensor:
+    """``x`` with ``dims`` dimensions, picking image ``index`` when it has one more (a batch)."""
+    t = as_tensor(x)
+    if t.dim() == dims + 1:
         t = t[index]
-    if t.dim() != 2:
-        raise ValueError(f"expected an h x w map (or B x h x w with an index), got shape {tuple(t.shape)}")
+    if t.dim() != dims:
+        raise ValueError(f"expected {what} (or a batch of them with an index), got shape {tuple(t.shape)}")
     return t
+
+
+def as_map(map: ArrayLike, index: int = 0) -> torch.Tensor:
+    """An h x w map, from h x w or B x h x w (image ``index``)."""
+    return one_image(map, 2, index)
 
 
 def show_map(

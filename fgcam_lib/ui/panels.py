@@ -16,19 +16,14 @@ from matplotlib.axes import Axes
 from matplotlib.cm import ScalarMappable
 from matplotlib.figure import Figure, SubFigure
 
-from .overlays import ArrayLike, as_image, as_tensor, clean_axes, color_scale, colormap, new_figure, show_map
+from .overlays import ArrayLike, as_image, as_tensor, clean_axes, color_scale, colormap, new_figure, one_image, show_map
 
 __all__ = ["top_channels", "component_strip", "singular_values_plot", "metric_plot"]
 
 
 def _components_2d(components: ArrayLike, index: int = 0) -> torch.Tensor:
     """c x h x w components (picking image ``index`` from B x c x h x w)."""
-    t = as_tensor(components)
-    if t.dim() == 4:
-        t = t[index]
-    if t.dim() != 3:
-        raise ValueError(f"components must be c x h x w or B x c x h x w, got shape {tuple(t.shape)}")
-    return t
+    return one_image(components, 3, index, "c x h x w components")
 
 
 def top_channels(components: ArrayLike, k: int = 8, weights: ArrayLike | None = None, index: int = 0) -> list[int]:
