@@ -145,10 +145,8 @@ def max_points(
         [[2, 4]]
     """
     maps = check_maps(maps)
-    if size is not None:
-        maps = upsample_maps(maps, size, mode=mode, align_corners=align_corners)
-    top = rank_pixels(maps, seed=seed)[:, 0]
-    w = maps.shape[2]
+    top = rank_pixels(maps, size, seed, mode=mode, align_corners=align_corners)[:, 0]
+    w = maps.shape[2] if size is None else int(size[1])
     return torch.stack([top // w, top % w], dim=1)
 
 
