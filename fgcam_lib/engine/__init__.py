@@ -3,6 +3,7 @@
     >>> from fgcam_lib.engine import graph_of, coverage
     >>> graph_of(model).name(graph_of(model).default_component_layer())
     'layer4'
+    >>> residual_flow(model, x)          # skip vs block share of relevance at every residual add
 """
 from .graph import INPUT, Graph, Node, chain_graph, fx_graph, graph_of
 from .ops import is_vgg_style, kind_of
@@ -17,6 +18,7 @@ __all__ = [
     "Rule", "ZPlus", "ZBeta", "Epsilon", "AlphaBeta", "Flat", "WSquare", "Pass", "PoolZ", "Sum", "Gate",
     "Route", "Split", "channel_bounds", "image_bounds",
     "Trace", "Walk", "plan", "forward", "propagate", "eval_mode", "coverage",
+    "residual_flow", "residual_roles",
 ]
 
 
@@ -25,3 +27,18 @@ def coverage(*args, **kwargs):
     from .report import coverage as _coverage
 
     return _coverage(*args, **kwargs)
+
+
+def residual_flow(*args, **kwargs):
+    """Skip and block shares at every residual add, see :func:`fgcam_lib.engine.report.residual_flow`
+    (imported lazily: pandas)."""
+    from .report import residual_flow as _residual_flow
+
+    return _residual_flow(*args, **kwargs)
+
+
+def residual_roles(*args, **kwargs):
+    """Each add's skip and block operands, see :func:`fgcam_lib.engine.report.residual_roles`."""
+    from .report import residual_roles as _residual_roles
+
+    return _residual_roles(*args, **kwargs)
