@@ -141,3 +141,137 @@ def test_error_leaves_no_stale_figure(app):
     assert [t.get_text() for t in fig.texts] == [app.error]
     app.update(layer=33)
     assert app.error is None and app.figure is not None
+
+
+# ------------------------------------------------------------------ the model menu
+BUNDLED_SIZE = 96   # the bundled models' input size
+
+
+@pytest.fixture(scope="module")
+def scenes96():
+    scenes = SyntheticScenes("test", n=2, size=BUNDLED_SIZE)
+    return [(f"scene {i}", scenes[i]["image"]) for i in range(2)], [scenes[i]["masks"][0] for i in range(2)]
+
+
+@pytest.fixture()
+def menu(scenes96):
+    """An explorer on the three bundled models whose loaders record what they load."""
+    from fgcam_lib.data.models import load_model
+    from fgcam_lib.ui.gallery import BUNDLED
+
+    loads: list[str] = []
+
+    def loader(name):
+        return lambda: loads.append(name) or load_model(name)
+
+    app = Explorer.from_models({n: loader(n) for n in BUNDLED}, "bundled", images=scenes96[0], display_dpi=40)
+    app.set(k=2)
+    return app, loads
+
+
+def _object_share(m: torch.Tensor, mask: torch.Tensor) -> tuple[float, float]:
+    """(share of the map's positive mass on the object, the object's share of the area) at the map's size."""
+    small = torch.nn.functional.adaptive_avg_pool2d(mask[None, None].float(), m.shape)[0, 0]
+    pos = m.clamp(min=0)
+    return float((pos * small).sum() / pos.sum()), float(small.mean())
+
+
+def test_model_menu_lists_the_models_and_loads_only_the_chosen_one(menu):
+    app, loads = menu
+    c = app.controls()["model"]
+    assert [v for _, v in c.options] == ["bundled", "bundled_vgg16bn_fc", "bundled_resnet"]
+    assert c.value == "bundled" and c.enabled and app.settings.model == "bundled"
+    assert loads == ["bundled"]   # the other two are not read from disk until chosen
+    assert app.model_names == ["bundled", "bundled_vgg16bn_fc", "bundled_resnet"]
+
+
+def test_switching_to_the_resnet_and_back(menu, scenes96):
+    app, loads = menu
+    app.update(image=0, method="fg_grad_cam", layer=13, denoise=False)
+    assert app.error is None
+    vgg_layers = [v for _, v in app.controls()["layer"].options]
+    assert vgg_layers == [43, 33, 23, 13, 6, "input"]
+    vgg_map = app.current_map()
+
+    app.update(model="bundled_resnet")
+    assert app.error is None and loads == ["bundled", "bundled_resnet"]
+    layers = [v for _, v in app.controls()["layer"].options]
+    assert [l for l in layers if l in ("layer3", "layer2", "layer1", "input")] == ["layer3", "layer2", "layer1", "input"]
+    assert not any(isinstance(l, int) for l in layers)   # no VGG indices left in the menu
+    assert app.settings.layer == "layer1"   # Layer13 (1/4 of the input) -> the ResNet's layer at 1/4
+    assert app.class_names == list(CLASSES) and app.controls()["target"].value == PREDICTED
+    m = app.current_map()
+    assert m.shape == (BUNDLED_SIZE // 4, BUNDLED_SIZE // 4) and float(m.max()) > 0 and float(m.std()) > 0
+    share, area = _object_share(m, scenes96[1][0])
+    assert share > 2 * area, (share, area)   # the map sits on the object, not spread over the scene
+    ref = FGCAM(app.model, mean=app.preprocess.mean, std=app.preprocess.std)(
+        app.preprocess(scenes96[0][0][1][None]), target=app._target(app.settings), layer="layer1")[0]
+    assert torch.allclose(m, ref, rtol=1e-4, atol=1e-6 * float(ref.abs().max()))
+    assert "bundled_resnet" in app.describe()
+    for layer in ("layer3", "layer2", "input"):
+        app.update(layer=layer)
+        assert app.error is None and app.current_map().abs().max() > 0, layer
+    app.update(method="grad_cam", layer="layer3")
+    assert app.error is None and app.current_map().shape == (BUNDLED_SIZE // 16, BUNDLED_SIZE // 16)
+
+    tops = app.calls["top"]
+    app.update(model="bundled", method="fg_grad_cam", layer=13)
+    assert app.error is None and loads == ["bundled", "bundled_resnet"]   # nothing loaded again
+    assert [v for _, v in app.controls()["layer"].options] == vgg_layers
+    assert torch.equal(app.current_map(), vgg_map) and app.calls["top"] == tops   # the VGG's caches kept
+    app.update(model="bundled_resnet", layer="input")
+    assert app.settings.layer == "input" and app.error is None
+    app.update(model="bundled")
+    assert app.settings.layer == "input"   # the input stays the input
+
+
+def test_unknown_model_is_a_one_line_value_error(menu):
+    app, loads = menu
+    before = app.settings
+    with pytest.raises(ValueError, match=r"unknown model 'vgg99'; use one of 'bundled'") as err:
+        app.set(model="vgg99")
+    assert "\n" not in str(err.value) and app.settings == before
+    app.update(model="vgg99")
+    assert app.error == str(err.value) and app.settings == before and app.model_name == "bundled"
+    with pytest.raises(ValueError, match="unknown model 'vgg99'"):
+        Explorer.from_models({"bundled": lambda: None}, "vgg99")
+    assert loads == ["bundled"]
+
+
+def test_fork_switches_model_without_moving_the_app(menu):
+    app, loads = menu
+    app.update(method="fg_grad_cam", layer=13)
+    start, fig = app.settings, app.figure
+    lab = app.fork()
+    lab.update(model="bundled_resnet", layer="layer2")
+    assert lab.error is None and lab.model_name == "bundled_resnet"
+    assert app.settings == start and app.figure is fig and app.model_name == "bundled" and 13 in app.layers
+    app.update(model="bundled_resnet")
+    assert loads == ["bundled", "bundled_resnet"]   # the fork's model is the app's: loaded once
+
+
+def test_one_model_has_a_disabled_model_menu(app):
+    c = app.controls()["model"]
+    assert c.options == (("model", "model"),) and c.value == "model" and not c.enabled
+    assert not app.describe().startswith("model")
+
+
+def test_model_dropdown_in_the_widgets(menu, monkeypatch):
+    pytest.importorskip("ipywidgets")
+    from fgcam_lib.ui import widgets
+    from fgcam_lib.ui.explorer import ExplorerFigure
+
+    core, loads = menu
+    app = widgets.Explorer.from_models(core._sources, "bundled", images=core.images, display_dpi=30)
+    app.set(k=2)
+    app.show()
+    ws = app._widgets
+    assert [v for _, v in ws["model"].options] == ["bundled", "bundled_vgg16bn_fc", "bundled_resnet"]
+    assert ws["model"].value == "bundled" and not ws["model"].disabled
+    monkeypatch.setattr(ExplorerFigure, "png", lambda self, dpi=None: b"\x89PNG stub")
+    ws["layer"].value = 13
+    ws["model"].value = "bundled_resnet"
+    assert app.model_name == "bundled_resnet" and app.error is None and ws["message"].value == ""
+    assert ws["layer"].value == "layer1" and "layer3" in [v for _, v in ws["layer"].options]
+    ws["model"].value = "bundled"
+    assert [v for _, v in ws["layer"].options] == [43, 33, 23, 13, 6, "input"] and ws["layer"].value == 13

@@ -1,16 +1,24 @@
-"""The explorer without a frontend: image, class, method, layer, rules, rank fraction -> figure.
+"""The explorer without a frontend: model, image, class, method, layer, rules, rank fraction -> figure.
 
     >>> from fgcam_lib.ui.explorer import Explorer
     >>> app = Explorer(model, preprocess)              # benchmark scenes + bundled photos
     >>> fig = app.update(method="fg_grad_cam", layer=13, fraction=0.25)
     >>> app.controls()["layer"].options                # what a layer menu would list
     >>> lab = app.fork()                               # a second state on the same caches
+    >>> app = Explorer.from_models(bundled_models())   # a model menu; each model loads when chosen
+    >>> fig = app.update(model="bundled_resnet", layer="layer1")
 
 ``update()`` changes the settings given (the others keep their value), renders and returns a
 matplotlib Figure: image, overlay, map at its true resolution, the SVD spectrum for FG-CAM
 and the top-k per-channel components at that layer. :meth:`controls` says what each control
 lists and shows; the ipywidgets view (:mod:`.widgets`) only mirrors it and calls
 ``update()``. Listeners (:meth:`subscribe`) hear ``"settings"``, ``"images"`` and ``"result"``.
+
+Models: ``models=`` maps names to ``(model, preprocess)`` pairs or to loaders (functions that
+return such a pair, e.g. :func:`~fgcam_lib.ui.gallery.bundled_models`), called the first time the
+model is chosen. ``update(model=name)`` switches: the layer menu lists that model's layers (the
+current layer moves to the layer at the same resolution), the class menu its classes; each model
+keeps its own caches, so switching back recomputes nothing.
 
 Explainers come from the method registry (:func:`fgcam_lib.methods.make_explainer`), FG-CAM's
 step 1 from :class:`~fgcam_lib.methods.components.TopComponents`. Caching: explainers per
@@ -19,16 +27,16 @@ base), so changing the rank fraction only re-runs denoising and the propagation,
 changing the rules a forward without gradients (the trace of the other rules) and the
 propagation; each explanation's components at every pooling layer and the input, so
 changing the layer is free. ``app.calls`` counts forwards (``"forward"``, ``"top"``, ``"trace"``,
-``"explain"``) and propagations (``"propagate"``).
+``"explain"``), propagations (``"propagate"``) and models loaded (``"load"``).
 """
 from __future__ import annotations
 
 import base64
 import io
 from collections import Counter, OrderedDict
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Hashable, Sequence
+from typing import Any, Callable, Hashable, Mapping, Sequence, Union
 
 import torch
 from matplotlib.figure import Figure
@@ -36,19 +44,21 @@ from torch import nn
 
 from . import viz
 from ..catalogue import layer_label, method_label
-from ..engine.graph import INPUT, graph_of
+from ..engine.graph import INPUT, Graph, graph_of
 from ..engine.walk import eval_mode, forward
 from ..methods.base import Explainer, Explanation
 from ..methods.components import TopComponents
 from ..methods.fgcam import BASES, FGCAM, denoise, denoise_rank
-from ..methods.registry import make_explainer
-from .gallery import as_image_tensor, class_names_of, default_images, image_name
-from .settings import (CAMS, KEEP, LRPS, METHODS, PREDICTED, RULES, Control, Settings, fraction_choices,
-                       parse_method, pool_layers, registry_name)
+from ..methods.registry import is_input_layer, make_explainer
+from .gallery import ModelLoader, as_image_tensor, class_names_of, default_images, image_name, model_label
+from .settings import (CAMS, DEFAULT_MODEL, KEEP, LRPS, METHODS, PREDICTED, RULES, Control, Settings,
+                       fraction_choices, parse_method, pool_layers, registry_name)
 
-__all__ = ["Explorer", "ExplorerFigure", "USER_ERRORS"]
+__all__ = ["Explorer", "ExplorerFigure", "USER_ERRORS", "ModelSource"]
 
 Tensor = torch.Tensor
+#: what ``models=`` maps a name to: a loaded ``(model, preprocess)`` pair, or a loader of one
+ModelSource = Union["tuple[nn.Module, Any]", ModelLoader]
 #: errors shown as a message instead of a traceback
 USER_ERRORS = (ValueError, TypeError, KeyError, IndexError, FileNotFoundError, RuntimeError)
 
@@ -95,6 +105,55 @@ def _cache_put(cache: OrderedDict, key: Hashable, value: Any, limit: int) -> Non
         cache.popitem(last=False)
 
 
+@dataclass
+class _Loaded:
+    """One loaded model with what the explorer knows and has computed about it.
+
+    The caches are keyed by image index, so a fork copies them (its images may diverge);
+    explainers only hold the model, so they are shared.
+    """
+
+    model: nn.Module
+    preprocess: Any
+    graph: Graph
+    device: torch.device
+    layers: list[int | str]
+    shapes: dict[int, torch.Size]
+    class_names: list[str]
+    explainers: dict[Hashable, Explainer] = field(default_factory=dict)
+    probs: dict[int, Tensor] = field(default_factory=dict)
+    tops: OrderedDict[Hashable, tuple[TopComponents, Tensor | None]] = field(default_factory=OrderedDict)
+    results: OrderedDict[Hashable, Explanation] = field(default_factory=OrderedDict)
+
+    @classmethod
+    def of(cls, model: nn.Module, preprocess: Any, class_names: Sequence[str] | None = None) -> _Loaded:
+        """Trace ``model`` and list its layers and their shapes (one forward of a blank input)."""
+        graph = graph_of(model)
+        device = next(model.parameters()).device
+        x = torch.zeros(1, 3, preprocess.size, preprocess.size, device=device)
+        with torch.no_grad(), eval_mode(model):
+            shapes = forward(graph, x).shapes
+        n_classes = int(shapes[graph.output][1])
+        names = list(class_names) if class_names is not None else class_names_of(model, n_classes)
+        return cls(model, preprocess, graph, device, pool_layers(model, preprocess.size), shapes, names)
+
+    def copy(self) -> _Loaded:
+        """The same model and explainers with copies of the per-image caches."""
+        return replace(self, probs=dict(self.probs), tops=OrderedDict(self.tops), results=OrderedDict(self.results))
+
+    def layer_spec(self, layer: int | str) -> int | str:
+        """Validate a layer; a pooling layer or the input comes back as in :attr:`layers` (13, "input")."""
+        position = self.graph.position(layer)
+        for known in self.layers:
+            if self.graph.position(known) == position:
+                return known
+        return layer
+
+    def width(self, layer: int | str) -> int:
+        """The width of ``layer``'s output for the model's input size."""
+        return int(self.shapes[self.graph.position(layer)][-1])
+
+
 class Explorer:
     """Explore explanations of one model: settings in, figure out, no frontend needed.
 
@@ -104,12 +163,24 @@ class Explorer:
             its ``mean``/``std`` set the canonical rules' pixel bounds).
         images: B x 3 x H x W in [0, 1], or a list of ``(name, 3 x H x W)`` pairs, tensors or
             paths; default: four benchmark scenes and the bundled photos.
-        class_names: one name per class; default: the model's card or ``categories``.
-        max_cached: explanations kept (least recently used dropped first).
+        class_names: one name per class of ``model``; default: the model's card or ``categories``
+            (the other models' names always come from their cards).
+        max_cached: explanations kept per model (least recently used dropped first).
         display_dpi: resolution of the figure in an app or a notebook.
+        models: the model menu, ``{name: (model, preprocess) or loader}`` in menu order; a
+            loader is called the first time its model is chosen. ``model`` is one of them
+            (``model_name``) or is added to them.
+        model_name: the name of ``model`` in the menu; default: the name ``models`` gives that
+            very model, else ``"model"``.
 
     Attributes: ``settings`` (the current :class:`Settings`), ``figure`` (the last figure
-    rendered for them; None after an error), ``error`` (the last message, or None).
+    rendered for them; None after an error), ``error`` (the last message, or None),
+    ``model_name``, ``model``, ``preprocess``, ``layers``, ``class_names`` (those of the model
+    shown).
+
+    Example:
+        >>> app = Explorer(model, pre, models={"other": lambda: load_model("bundled_resnet")})
+        >>> app.update(model="other").layer            # the model loads now
     """
 
     def __init__(
@@ -120,44 +191,64 @@ class Explorer:
         class_names: Sequence[str] | None = None,
         max_cached: int = 16,
         display_dpi: int = 90,
+        models: Mapping[str, ModelSource] | None = None,
+        model_name: str | None = None,
     ) -> None:
-        self.model, self.preprocess = model, preprocess
         self._listeners: list[Callable[[str], None]] = []
-        self.graph = graph_of(model)
-        self.device = next(model.parameters()).device
+        self.calls: Counter[str] = Counter()
+        sources = dict(models or {})
+        if model_name is None:
+            model_name = next((n for n, src in sources.items() if isinstance(src, tuple) and src[0] is model),
+                              DEFAULT_MODEL)
+        # the model given is the loaded entry of its name (first in the menu when it is new)
+        self._sources: dict[str, ModelSource] = (
+            {**sources, model_name: (model, preprocess)} if model_name in sources
+            else {model_name: (model, preprocess), **sources})
+        self._loaded: dict[str, _Loaded] = {model_name: _Loaded.of(model, preprocess, class_names)}
+        self._activate(model_name)
         self.images: list[tuple[str, Tensor]] = []
         for i, item in enumerate(default_images(preprocess.size) if images is None else images):
             name, img = item if isinstance(item, tuple) else (image_name(item, i), item)
             self.add_image(img, name)
         if not self.images:
             raise ValueError("Explorer needs at least one image")
-        self.layers = pool_layers(model, preprocess.size)
-        self._shapes = self._layer_shapes()
-        n_classes = int(self._shapes[self.graph.output][1])
-        self.class_names = list(class_names) if class_names is not None else class_names_of(model, n_classes)
-        self.settings = Settings(layer=self.layers[-1])
-        self.calls: Counter[str] = Counter()
+        self.settings = Settings(layer=self.layers[-1], model=model_name)
         self.error: str | None = None
         self.figure: ExplorerFigure | None = None
         self.max_cached, self.display_dpi = max_cached, display_dpi
-        self._explainers: dict[Hashable, Explainer] = {}
-        self._probs: dict[int, Tensor] = {}
-        self._tops: OrderedDict[Hashable, tuple[TopComponents, Tensor | None]] = OrderedDict()
-        self._results: OrderedDict[Hashable, Explanation] = OrderedDict()
+
+    @classmethod
+    def from_models(cls, models: Mapping[str, ModelSource], start: str | None = None, **kwargs: Any) -> Explorer:
+        """An explorer with a model menu that shows ``start`` (default: the first of ``models``)
+        and loads each of the others when it is chosen; ``kwargs`` go to the constructor.
+
+        Example:
+            >>> app = Explorer.from_models(bundled_models(), "bundled")
+            >>> [name for _, name in app.controls()["model"].options]
+            ['bundled', 'bundled_vgg16bn_fc', 'bundled_resnet']
+        """
+        if not models:
+            raise ValueError("from_models needs at least one model")
+        start = next(iter(models)) if start is None else start
+        if start not in models:
+            raise ValueError(f"unknown model {start!r}; use one of {', '.join(map(repr, models))}")
+        model, preprocess = _resolve(start, models[start])
+        return cls(model, preprocess, models={**models, start: (model, preprocess)}, model_name=start, **kwargs)
 
     def fork(self) -> Explorer:
-        """A headless explorer on the same model and images, with its own settings.
+        """A headless explorer on the same models and images, with its own settings.
 
-        Caches are copied (explainers shared), so what this one has computed is free for the
-        fork, and what the fork sets or renders leaves this one, and any app showing it, alone.
+        Caches are copied (explainers and loaded models shared), so what this one has computed
+        is free for the fork, and what the fork sets or renders leaves this one, and any app
+        showing it, alone.
         """
         other = Explorer.__new__(Explorer)
         core = {k: v for k, v in self.__dict__.items() if not k.startswith("_view")}
         other.__dict__.update(core)
         other._listeners = []
         other.images = list(self.images)
-        other._probs = dict(self._probs)
-        other._tops, other._results = OrderedDict(self._tops), OrderedDict(self._results)
+        other._loaded = {name: entry.copy() for name, entry in self._loaded.items()}
+        other._activate(self.model_name)
         other.calls = Counter()
         return other
 
@@ -211,11 +302,40 @@ class Explorer:
         return self.preprocess(self.images[i][1][None]).to(self.device)
 
     # -- model ----------------------------------------------------------------------
-    def _layer_shapes(self) -> dict[int, torch.Size]:
-        """Shape of every position's activation for one input of the model's size."""
-        x = torch.zeros(1, 3, self.preprocess.size, self.preprocess.size, device=self.device)
-        with torch.no_grad(), eval_mode(self.model):
-            return forward(self.graph, x).shapes
+    @property
+    def model_names(self) -> list[str]:
+        """The models the explorer offers, in menu order (loaded or not)."""
+        return list(self._sources)
+
+    def _load(self, name: str) -> _Loaded:
+        """The entry of model ``name``, loading it on first use (``calls["load"]``)."""
+        if name not in self._loaded:
+            if name not in self._sources:
+                raise ValueError(f"unknown model {name!r}; use one of {', '.join(map(repr, self._sources))}")
+            source = self._sources[name]
+            if not isinstance(source, tuple):
+                self.calls["load"] += 1
+            model, preprocess = _resolve(name, source)
+            self._sources[name] = (model, preprocess)  # shared with forks: each model loads once
+            self._loaded[name] = _Loaded.of(model, preprocess)
+        return self._loaded[name]
+
+    def _activate(self, name: str) -> None:
+        """Make model ``name`` (already loaded) the one explained: its model, layers, classes, caches."""
+        e = self._loaded[name]
+        self.model_name = name
+        self.model, self.preprocess, self.graph, self.device = e.model, e.preprocess, e.graph, e.device
+        self.layers, self._shapes, self.class_names = e.layers, e.shapes, e.class_names
+        self._explainers, self._probs, self._tops, self._results = e.explainers, e.probs, e.tops, e.results
+
+    def _carry_layer(self, layer: int | str, new: _Loaded) -> int | str:
+        """The layer of ``new``'s menu at the same resolution as ``layer`` of the current model
+        (the input stays the input; none at that resolution: the input)."""
+        if is_input_layer(layer):
+            return new.layers[-1]
+        width = int(self._shapes[self.graph.position(layer)][-1])
+        return next((known for known in new.layers if not is_input_layer(known) and new.width(known) == width),
+                    new.layers[-1])
 
     def probabilities(self, image: Any = None) -> Tensor:
         """Softmax probabilities of one image (default: the current one), a K vector; cached."""
@@ -231,14 +351,6 @@ class Explorer:
         p = self.probabilities(image)
         values, idx = p.topk(min(k, p.numel()))
         return [(int(c), self.class_names[int(c)], float(v)) for v, c in zip(values, idx)]
-
-    def _layer_spec(self, layer: int | str) -> int | str:
-        """Validate a layer; a pooling layer or the input comes back as in :attr:`layers` (13, "input")."""
-        position = self.graph.position(layer)
-        for known in self.layers:
-            if self.graph.position(known) == position:
-                return known
-        return layer
 
     def _target(self, s: Settings) -> int:
         if s.target is None:
@@ -313,6 +425,9 @@ class Explorer:
     def explanation(self, s: Settings | None = None) -> tuple[Explanation, int]:
         """``(explanation with components keyed by position, position)`` for settings ``s``; cached."""
         s = self.settings if s is None else s
+        if s.model != self.model_name:
+            raise ValueError(f"these settings are for model {s.model!r}, the explorer shows {self.model_name!r}; "
+                             "set(model=...) first")
         target = self._target(s)
         position = self.graph.position(s.layer)
         if s.method == "fg_cam":
@@ -334,6 +449,14 @@ class Explorer:
         """New settings from ``changes`` (values other than KEEP), validated."""
         changes = {k: v for k, v in changes.items() if v is not KEEP}
         s = self.settings
+        new = self._loaded[self.model_name]  # the model the other settings are checked against
+        if "model" in changes and changes["model"] != s.model:
+            new = self._load(str(changes["model"]))  # loads it the first time
+            changes["model"] = str(changes["model"])
+            if "layer" not in changes:
+                changes["layer"] = self._carry_layer(s.layer, new)
+            if "target" not in changes and new.class_names != self.class_names:
+                changes["target"] = None  # another model's class i is another class
         if "image" in changes:
             changes["image"] = self._image_index(changes["image"])
             if changes["image"] != s.image and "target" not in changes:
@@ -349,7 +472,7 @@ class Explorer:
         if changes.get("rules", s.rules) not in RULES:
             raise ValueError(f"unknown rules {changes['rules']!r}; use one of {', '.join(RULES)}")
         if "layer" in changes:
-            changes["layer"] = self._layer_spec(changes["layer"])
+            changes["layer"] = new.layer_spec(changes["layer"])
         if "fraction" in changes:
             denoise_rank(float(changes["fraction"]), 1, 1)  # validates (0, 1]
             changes["fraction"] = float(changes["fraction"])
@@ -368,6 +491,8 @@ class Explorer:
         new = self._apply(changes)
         if new != self.settings:
             self.figure = None  # rendered for other settings
+        if new.model != self.model_name:
+            self._activate(new.model)
         self.settings = new
         self._notify("settings")
         return self.settings
@@ -389,11 +514,14 @@ class Explorer:
         fraction: Any = KEEP,
         signed: Any = KEEP,
         k: Any = KEEP,
+        model: Any = KEEP,
         *,
         raise_errors: bool = False,
     ) -> ExplorerFigure:
         """Change settings (those given) and render; returns the Figure.
 
+        ``model``: a name of :attr:`model_names` (loaded the first time; the layer moves to the
+        new model's layer at the same resolution unless ``layer`` is given);
         ``image``: index, name, file path or a 3 x H x W tensor; ``target``: class index, or
         None / ``"predicted"`` (the predicted class); ``method``: a key of
         :data:`~fgcam_lib.ui.settings.METHODS`, ``"fg_grad_cam"``-style names or labels;
@@ -402,7 +530,7 @@ class Explorer:
         (red/blue). Invalid combinations give a figure with the message (also in
         ``self.error``; :attr:`figure` is then None) unless ``raise_errors``.
         """
-        changes = dict(image=image, target=target, method=method, base=base, layer=layer, rules=rules,
+        changes = dict(model=model, image=image, target=target, method=method, base=base, layer=layer, rules=rules,
                        denoise=denoise, fraction=fraction, signed=signed, k=k)
         self.error = None
         try:
@@ -451,6 +579,8 @@ class Explorer:
         s = self.settings
         fg = s.method == "fg_cam"
         return {
+            "model": Control(tuple((model_label(name), name) for name in self._sources), s.model,
+                             len(self._sources) > 1),
             "image": Control(tuple((name, i) for i, (name, _) in enumerate(self.images)), s.image),
             "target": Control(self._class_options(), PREDICTED if s.target is None else s.target),
             "method": Control(tuple((v, k) for k, v in METHODS.items()), s.method),
@@ -476,7 +606,8 @@ class Explorer:
             what += f" [{method_label(s.base)}, {s.rules} rules, {dn}]"
         elif s.method in LRPS:
             what += f" [{s.rules} rules]"
-        return (f"{self.images[s.image][0]} · {what} · {layer_label(s.layer)} · "
+        model = f"{s.model} · " if len(self._sources) > 1 else ""
+        return (f"{model}{self.images[s.image][0]} · {what} · {layer_label(s.layer)} · "
                 f"class {self.class_names[target]} (p={p:.2f})" + (" · signed" if s.signed else ""))
 
     def render(self, expl: Explanation, position: int, s: Settings | None = None) -> ExplorerFigure:
@@ -517,3 +648,11 @@ class Explorer:
         """In a notebook a headless explorer shows its current figure."""
         png = base64.b64encode(self.snapshot()).decode("ascii")
         return {"image/png": png, "text/plain": f"Explorer: {self.describe()}"}
+
+
+def _resolve(name: str, source: ModelSource) -> tuple[nn.Module, Any]:
+    """``(model, preprocess)`` from a pair or a loader, checked."""
+    got = source if isinstance(source, tuple) else source()
+    if not (isinstance(got, tuple) and len(got) == 2 and isinstance(got[0], nn.Module)):
+        raise TypeError(f"model {name!r} must be a (model, preprocess) pair or a function returning one")
+    return got

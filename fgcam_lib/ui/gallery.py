@@ -1,21 +1,56 @@
-"""The explorer's images and class names: the default gallery (benchmark scenes and the bundled
-photos), images from tensors, PIL images or files, and class names from a model's card.
+"""The explorer's images, class names and models: the default gallery (benchmark scenes and the
+bundled photos), images from tensors, PIL images or files, class names from a model's card, and
+loaders of the bundled models (nothing loads until a loader is called).
 
     >>> default_images(96)[0][0]
     'scene 0 (cross)'
     >>> as_image_tensor("photo.png").shape             # 3 x H x W in [0, 1]
+    >>> models = bundled_models()                      # name -> loader, nothing loaded yet
+    >>> model, preprocess = models["bundled_resnet"]()
+    >>> model_label("bundled_resnet")
+    'bundled_resnet: ResNet (BasicBlock)'
 """
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
-__all__ = ["default_images", "as_image_tensor", "image_name", "class_names_of"]
+__all__ = ["default_images", "as_image_tensor", "image_name", "class_names_of", "BUNDLED", "MODEL_LABELS",
+           "ModelLoader", "bundled_models", "model_label"]
 
 Tensor = torch.Tensor
+#: a zero-argument function that returns ``(model, preprocess)``
+ModelLoader = Callable[[], "tuple[nn.Module, Any]"]
+#: the bundled models, in the order of the explorer's model menu
+BUNDLED: tuple[str, ...] = ("bundled", "bundled_vgg16bn_fc", "bundled_resnet")
+#: model name -> what the model menu says about it
+MODEL_LABELS: dict[str, str] = {
+    "bundled": "bundled: VGG16-BN, GAP + linear",
+    "bundled_vgg16bn_fc": "bundled_vgg16bn_fc: VGG16-BN, 3 FC",
+    "bundled_resnet": "bundled_resnet: ResNet (BasicBlock)",
+}
+
+
+def bundled_models(names: Sequence[str] = BUNDLED) -> dict[str, ModelLoader]:
+    """``{name: loader}`` for bundled (or any :func:`~fgcam_lib.data.models.load_model`) models;
+    a model is read from disk only when its loader is called.
+
+    Example:
+        >>> list(bundled_models())
+        ['bundled', 'bundled_vgg16bn_fc', 'bundled_resnet']
+    """
+    from ..data.models import load_model
+
+    return {name: partial(load_model, name) for name in names}
+
+
+def model_label(name: str) -> str:
+    """The model menu's text for ``name``: a short description for the bundled models, else the name."""
+    return MODEL_LABELS.get(name, name)
 
 
 def class_names_of(model: nn.Module, n_classes: int) -> list[str]:

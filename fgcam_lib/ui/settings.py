@@ -23,7 +23,7 @@ from ..engine.walk import eval_mode, forward
 from ..methods.fgcam import BASES, denoise_rank
 
 __all__ = [
-    "Settings", "Control", "KEEP", "PREDICTED", "METHODS", "CAMS", "LRPS", "RULES",
+    "Settings", "Control", "KEEP", "PREDICTED", "METHODS", "CAMS", "LRPS", "RULES", "DEFAULT_MODEL",
     "parse_method", "registry_name", "pool_layers", "fraction_choices",
 ]
 
@@ -48,9 +48,14 @@ class _Keep:
 KEEP: Any = _Keep()
 
 
+#: the model name of an explorer given one model and no name for it
+DEFAULT_MODEL = "model"
+
+
 @dataclass(frozen=True)
 class Settings:
-    """One state of the explorer; ``target=None`` is the predicted class."""
+    """One state of the explorer; ``target=None`` is the predicted class, ``model`` the name of
+    the model explained (one of the explorer's models)."""
 
     image: int = 0
     target: int | None = None
@@ -62,6 +67,7 @@ class Settings:
     fraction: float = 0.1
     signed: bool = False
     k: int = 8
+    model: str = DEFAULT_MODEL
 
 
 @dataclass(frozen=True)

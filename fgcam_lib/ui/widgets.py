@@ -6,6 +6,7 @@
     >>> app.show()                                     # JupyterLab: the interactive app
     >>> lab = app.fork()                               # headless states that leave the app alone
     >>> fig = lab.update(method="fg_grad_cam", layer=13, fraction=0.25)
+    >>> app = Explorer.from_models(bundled_models())   # with a model menu (each loads when chosen)
 
 All state, caching and drawing live in the headless :class:`fgcam_lib.ui.explorer.Explorer`;
 this module builds the controls, keeps them in step with the settings and shows the result
@@ -22,15 +23,16 @@ from typing import Any, Callable, Sequence
 
 from . import explorer as core
 from .explorer import ExplorerFigure
+from .gallery import bundled_models
 from .settings import METHODS, PREDICTED, RULES, Settings, fraction_choices, parse_method, pool_layers
 
 __all__ = [
     "Explorer", "ExplorerView", "ExplorerFigure", "Settings", "METHODS", "RULES", "PREDICTED",
-    "parse_method", "pool_layers", "fraction_choices",
+    "parse_method", "pool_layers", "fraction_choices", "bundled_models",
 ]
 
 #: controls bound to a setting of the same name
-_BOUND = ("image", "target", "method", "base", "layer", "rules", "denoise", "fraction", "signed")
+_BOUND = ("model", "image", "target", "method", "base", "layer", "rules", "denoise", "fraction", "signed")
 #: descriptions at their full width ("rank fraction" is not cut to "rank fracti...")
 _STYLE = {"description_width": "initial"}
 #: the rank-fraction slider's width in px: its description (~90), the track (148 and its
@@ -69,6 +71,7 @@ class ExplorerView:
             return kind(options=c[name].options, value=c[name].value, description=label, style=_STYLE, **kw)
 
         ws: dict[str, Any] = {
+            "model": menu("model", "model", layout=wide),   # a model loads the first time it is chosen
             "image": menu("image", "image", layout=wide),
             "path": W.Text(placeholder="path/to/image.png", description="file", style=_STYLE,
                            layout=W.Layout(width="256px")),   # with "load", as wide as the menus above
@@ -93,7 +96,7 @@ class ExplorerView:
         ws["load"].on_click(lambda _: self._load_path())
         ws["path"].on_submit(lambda _: self._load_path())
         ws["upload"].observe(lambda change: self._load_upload(change["new"]), names="value")
-        left = _column([ws["image"], W.HBox([ws["path"], ws["load"]]), ws["upload"], ws["target"]])
+        left = _column([ws["model"], ws["image"], W.HBox([ws["path"], ws["load"]]), ws["upload"], ws["target"]])
         mid = _column([ws["method"], ws["base"], ws["layer"], ws["rules"]])
         right = _column([ws["denoise"], ws["fraction"], ws["signed"]])
         self.panel = W.HBox([left, mid, right], layout=W.Layout(flex_flow="row wrap"))

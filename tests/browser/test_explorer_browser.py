@@ -5,7 +5,9 @@ free port, a token, QUICK mode for the kernel), opens the notebook in Chromium t
 selenium and chromedriver, runs all cells, and then checks what a user sees: the app's
 controls are widgets (not the text of a VBox), its labels are not cut, the class menu is not
 blank, the app shows its start scene, and changing the method and the layer redraws the figure
-(the PNG behind the app's <img> changes), while an invalid combination shows only the message.
+(the PNG behind the app's <img> changes), while an invalid combination shows only the message;
+choosing the bundled ResNet in the model menu redraws it and puts the ResNet's layers in the
+layer menu.
 
 On failure the screenshots, the page source and the server's log stay in a temporary folder
 whose path is printed; with FGCAM_BROWSER_ARTIFACTS=DIR they are written to DIR every time.
@@ -450,7 +452,7 @@ def check_app(page: Page, save_always: bool) -> None:
     count = {sel: len(app.find_elements(By.CSS_SELECTOR, sel)) for sel in
              (".widget-dropdown select", ".widget-toggle-buttons", ".widget-checkbox input[type=checkbox]",
               ".widget-hslider", ".widget-text input", ".widget-upload", "img.widget-image")}
-    want = {".widget-dropdown select": 5, ".widget-toggle-buttons": 1, ".widget-checkbox input[type=checkbox]": 2,
+    want = {".widget-dropdown select": 6, ".widget-toggle-buttons": 1, ".widget-checkbox input[type=checkbox]": 2,
             ".widget-hslider": 1, ".widget-text input": 1, ".widget-upload": 1, "img.widget-image": 1}
     assert count == want, f"the app's controls in the page: {count}, expected {want}"
     cut = page.driver.execute_script(JS_CUT_LABELS, app)
@@ -503,3 +505,15 @@ def check_app(page: Page, save_always: bool) -> None:
                   and page.figure_png(), REDRAW_S)
     assert again["sha"] == cam13["sha"], "Grad-CAM at Layer13 drew a different figure the second time"
     assert page.message() == ""
+
+    # the model menu: the ResNet loads, the figure redraws, the layer menu lists its stages
+    assert page.dropdown("model").first_selected_option.text.startswith("bundled:")
+    page.choose("model", "bundled_resnet")
+    resnet = page.redrawn(again)
+    assert resnet["sha"] != again["sha"], "the figure did not change with the model (bundled -> bundled_resnet)"
+    layers = [o.text for o in page.dropdown("layer").options]
+    assert any(t.startswith("layer1") for t in layers) and not any(t.startswith("Layer13") for t in layers), layers
+    assert page.dropdown("layer").first_selected_option.text.startswith("layer1"), layers
+    assert page.message() == ""
+    if save_always:
+        page.save("app_resnet", page.app())
