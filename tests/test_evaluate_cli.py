@@ -67,6 +67,6 @@ def test_progress_bar_moves_per_method_within_a_batch(tmp_path, monkeypatch, cap
 def test_help_states_the_measured_times_and_the_cheap_default():
     text = build_parser().format_help()
     assert DEFAULT_METRICS == ("adai", "proportion")
-    assert "measured on 2 CPU cores" in text and "--n 8" in text and "insdel" in text
+    assert "measured on 2 CPU cores" in text and "--num-images 8" in text and "insdel" in text
     assert "TIME_" not in text  # every placeholder replaced by a measured time
-    assert re.search(r"--n 8\s+(about )?\d+ (s|min)", text)
+    assert re.search(r"--num-images 8\s+(about )?\d+ (s|min)", text)

@@ -1,10 +1,12 @@
 """``python -m fgcam_lib.evaluation``: the evaluation runner's command line.
 
-    python -m fgcam_lib.evaluation --model bundled --data benchmark:test --n 8 --methods grad_cam,fg_grad_cam
+    python -m fgcam_lib.evaluation --model bundled --data benchmark:test --num-images 8 --methods grad_cam,fg_grad_cam
+    torchrun --nproc-per-node=8 -m fgcam_lib.evaluation --device cuda --model vgg16_bn --data imagenet: --protocol paper
 
 Parses the options, loads the model and the data sets the protocol asks for, runs
 :func:`fgcam_lib.evaluation.runner.run_evaluation` on each and prints the summary
-(:mod:`fgcam_lib.evaluation.tables`).
+(:mod:`fgcam_lib.evaluation.tables`). Under torchrun every rank runs this, computes its
+share of the images (:mod:`fgcam_lib.evaluation.distributed`) and rank 0 prints.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from torch import nn
 
 from ..catalogue import METRIC_GROUPS
 from ..methods.registry import METHODS, PAPER_CAM_METHODS, PAPER_INPUT_METHODS, supports
+from .distributed import Ranks, close, from_env, rank_device
 from .runner import LOCALIZATION_GROUPS, check_request, run_evaluation
 from .store import results_path
 from .tables import format_summary, format_table, summarize, table_number, throughput_table
@@ -34,11 +37,15 @@ DEFAULT_METRICS: tuple[str, ...] = ("adai", "proportion")
 #: measured wall times on 2 CPU cores (bundled model, benchmark:test, all default methods and layers), for --help
 TIMES = """measured on 2 CPU cores shared with other jobs (load about 5; bundled model, benchmark:test,
 the default methods and layers, wall time including start-up):
-  --n 8                          112 s (A.D./A.I., Proportion, pointing game)
-  --n 8 --metrics adai,insdel    17 min (insertion/deletion: 112 model calls per map and curve)
-  --n 500                        about 1.5 h (estimated from the --n 8 rates; the three Score-CAM methods: 2/3 of it)
+  --num-images 8                       112 s (A.D./A.I., Proportion, pointing game)
+  --num-images 8 --metrics adai,insdel  17 min (insertion/deletion: 112 model calls per map and curve)
+  --num-images 500                      about 1.5 h (estimated from the 8-image rates; the three Score-CAM
+                                        methods: 2/3 of it)
 Fewer methods run proportionally faster (e.g. --methods grad_cam,fg_grad_cam,lrp). Rows go to
-results/ and a rerun resumes, so a larger --n only adds images."""
+results/ and a rerun resumes, so a larger --num-images only adds images.
+
+Several processes or GPUs: torchrun --nproc-per-node=N -m fgcam_lib.evaluation --num-images ...
+(each rank computes every N-th batch and writes its own parts; rank 0 prints the tables)."""
 
 
 def _split_list(text: str) -> list[str]:
@@ -57,7 +64,8 @@ def build_parser(prog: str = "python -m fgcam_lib.evaluation") -> argparse.Argum
     p.add_argument("--model", default="bundled",
                    help="'bundled' or a torchvision CNN (vgg16_bn, resnet50, densenet121, efficientnet_b0, ...)")
     p.add_argument("--weights", default=None, help="checkpoint path, or 'random' for an untrained network")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu",
+                   help="cpu, cuda or cuda:<i>; under torchrun 'cuda' means each rank's own GPU (LOCAL_RANK)")
     p.add_argument("--data", default="benchmark:test",
                    help=f"benchmark:<split> ({', '.join(SPLITS)}), imagenet:<val folder> "
                         "(empty folder: FGCAM_IMAGENET_* env vars), or a folder of images")
@@ -67,10 +75,12 @@ def build_parser(prog: str = "python -m fgcam_lib.evaluation") -> argparse.Argum
     p.add_argument("--protocol", choices=("custom", "paper"), default="custom",
                    help="paper: faithfulness metrics on 2000 random images, localization on 500 images "
                         "with one box covering <= 50%% of the image")
-    p.add_argument("--n", type=int, default=None,
+    p.add_argument("--num-images", "--n", dest="n", type=int, default=None,
                    help="images (default 500; paper protocol: faithfulness images, default 2000). "
-                        "Try --n 8 first (times below)")
-    p.add_argument("--n-loc", type=int, default=None, help="paper protocol: localization images (default 500)")
+                        "Try --num-images 8 first (times below). --n is short for it, but torchrun "
+                        "refuses --n (a prefix of its own --nnodes): write --num-images there")
+    p.add_argument("--num-loc-images", "--n-loc", dest="n_loc", type=int, default=None,
+                   help="paper protocol: localization images (default 500)")
     p.add_argument("--methods", default=",".join(dict.fromkeys(PAPER_CAM_METHODS + PAPER_INPUT_METHODS)),
                    help=f"comma-separated, of {', '.join(METHODS)} (default: the paper's Tables 1-6)")
     p.add_argument("--layers", default=None,
@@ -92,6 +102,11 @@ def build_parser(prog: str = "python -m fgcam_lib.evaluation") -> argparse.Argum
     p.add_argument("--batch-size", type=int, default=8, help="images per explainer call")
     p.add_argument("--metric-batch-size", type=int, default=None,
                    help="perturbed images per forward pass (default: 64 up to 128 px, 16 above)")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                   help="autocast precision of the metrics' forward passes (explanations stay in the model's "
+                        "precision); bf16/fp16 are for GPUs, their effect on each metric is in RESULTS.md")
+    p.add_argument("--channels-last", action="store_true",
+                   help="convert the model to channels-last memory format (faster convolutions on some GPUs)")
     p.add_argument("--throughput", action="store_true", help="print images/s per method at the end")
     p.add_argument("--table", default=None,
                    help="print the paper's tables 1-6, e.g. 1,2,3 (default: one summary row per method and layer)")
@@ -147,21 +162,38 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m fgcam_lib.eva
     """Command-line entry point; returns the exit status.
 
     Example:
-        >>> main(["--n", "8", "--methods", "grad_cam,fg_grad_cam"])     # rows in results/, a summary printed
+        >>> main(["--num-images", "8", "--methods", "grad_cam,fg_grad_cam"])     # rows in results/, a summary printed
         0
     """
+    args = build_parser(prog).parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        ranks = from_env(args.device)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    args.device = rank_device(args.device, ranks)
+    try:
+        return _run(args, ranks)
+    finally:
+        close(ranks)
+
+
+def _run(args: argparse.Namespace, ranks: Ranks) -> int:
+    """Everything after the arguments: on every rank; only rank 0 prints notes and tables."""
     import pandas as pd
 
     from ..data.models import WeightsNotFoundError
 
-    args = build_parser(prog).parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    say = (lambda *a, **k: print(*a, **k)) if ranks.main else (lambda *a, **k: None)
     methods = _split_list(args.methods)
     try:
         check_request(methods, _split_list(args.metrics))
         tables = [table_number(t) for t in _split_list(args.table or "")]
         model, preprocess = _load_model(args)
+        if args.channels_last:
+            model = model.to(memory_format=torch.channels_last)
         if args.layers is None:
             from ..methods.registry import paper_layers
 
@@ -173,25 +205,31 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m fgcam_lib.eva
         size = int(getattr(preprocess, "size", 224))
         plan = _datasets(args, model, size)
     except (WeightsNotFoundError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        say(f"error: {err}", file=sys.stderr)
         return 2
     skipped = [f"{m}@{l}" for m in methods for l in layers if not supports(m, l, model)]
     if skipped:
-        print(f"note: not defined, skipped: {', '.join(skipped)}", file=sys.stderr)
+        say(f"note: not defined, skipped: {', '.join(skipped)}", file=sys.stderr)
+    if ranks.distributed:
+        say(f"{ranks.world} ranks: rank r computes batches r, r + {ranks.world}, ... of {args.batch_size} images",
+            file=sys.stderr)
     mbs = args.metric_batch_size or (64 if size <= 128 else 16)
     frames, stored = [], []
     for name, ds, n, metrics in plan:
         out = args.out if args.out is not None or args.no_save else results_path(name, model)
         if out is not None:
-            print(f"{name}: rows go to {out} (a rerun resumes from there)", file=sys.stderr)
+            say(f"{name}: rows go to {out} (a rerun resumes from there)", file=sys.stderr)
         try:
             frames.append(run_evaluation(model, preprocess, ds, methods, layers, metrics, n=n, out=out,
                                          seed=args.seed, batch_size=args.batch_size, progress=not args.no_progress,
-                                         target=args.target, data_name=name, metric_batch_size=mbs))
+                                         target=args.target, data_name=name, metric_batch_size=mbs,
+                                         precision=args.precision, ranks=ranks))
         except ValueError as err:
-            print(f"error: {err}", file=sys.stderr)
+            say(f"error: {err}", file=sys.stderr)
             return 2
         stored.append(out)
+    if not ranks.main:
+        return 0
     df = pd.concat(frames, ignore_index=True)
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.max_rows", 500):
         if args.rows:

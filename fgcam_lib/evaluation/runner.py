@@ -52,7 +52,8 @@ from . import metrics as M
 from ..catalogue import METRIC_GROUPS, METRIC_LABELS, PAPER_LAYERS, layer_key
 from ..methods.registry import METHODS, is_signed, make_explainer, supports
 from .batch import Batch, dataset_image_ids, load_batch
-from .scoring import CleanLogitsCache, check_metrics, score_maps
+from .distributed import SINGLE, Ranks
+from .scoring import CleanLogitsCache, at_precision, check_metrics, score_maps
 from .store import COLUMNS, DTYPES, ResultStore, empty_rows, model_fingerprint, read_results, typed_rows
 from .tables import TABLES, format_table, summarize, table_number, throughput_table
 
@@ -115,20 +116,30 @@ class _Plan:
 
     ``layers[method]``: the layer keys the method is defined at; ``done``: the (image,
     method, layer, group) whose first metric row is stored; ``todo``: positions of the
-    images with anything missing.
+    images with anything missing. Under torchrun (``ranks``) every rank reads the whole
+    store before any rank writes, and computes only its own windows.
     """
 
     def __init__(self, model: nn.Module, dataset: Any, methods: Sequence[str], layers: Sequence[int | str],
-                 metrics: Sequence[str], n: int | None, out: Any, data: str, meta: Mapping[str, Any]) -> None:
+                 metrics: Sequence[str], n: int | None, out: Any, data: str, meta: Mapping[str, Any],
+                 ranks: Ranks = SINGLE) -> None:
         check_request(methods, metrics)
-        self.data, self.methods = data, list(methods)
+        self.data, self.methods, self.ranks = data, list(methods), ranks
         self.specs = {layer_key(layer): layer for layer in layers}
         self.layers = {m: [k for k, spec in self.specs.items() if supports(m, spec, model)] for m in methods}
         self.groups = list(dict.fromkeys(metrics))
         self.store = ResultStore(out) if out is not None else None
-        self.stored = self.store.read() if self.store is not None else empty_rows()
+        if self.store is not None and ranks.distributed and not self.store.parquet:
+            raise ValueError("several ranks write one store: give a .parquet --out (a folder of parts), not .csv")
         if self.store is not None:  # rows of another checkpoint or setting must never be reused
-            self.store.check_meta({**meta, "model": model_fingerprint(model)})
+            meta = {**meta, "model": model_fingerprint(model)}
+            self.store.check_meta(meta, write=False)  # every rank fails alike on a mismatch
+            ranks.barrier()
+            if ranks.main:
+                self.store.check_meta(meta)
+            ranks.barrier()
+        self.stored = self.store.read() if self.store is not None else empty_rows()
+        ranks.barrier()  # nobody appends before every rank has read
         sub = self.stored[(self.stored["data"] == data) & self.stored["metric"].isin(
             [names[0] for names in METRIC_GROUPS.values()])]
         self.done: set[Key] = set()
@@ -147,22 +158,25 @@ class _Plan:
         return (image_id, method, layer, group) not in self.done
 
     def batches(self, size: int) -> list[list[int]]:
-        """The images to compute, in windows of ``size`` positions (a resumed run keeps the windows)."""
+        """This rank's images to compute, in windows of ``size`` positions (window ``k`` is rank
+        ``k % world``'s; a resumed run keeps the windows)."""
         pending = set(self.todo)
-        windows = ([j for j in range(s, s + size) if j in pending] for s in range(0, len(self.ids), size))
+        windows = ([j for j in range(s, s + size) if j in pending] for s in range(0, len(self.ids), size)
+                   if self.ranks.owns(s // size))
         return [w for w in windows if w]
 
     def record(self, rows: "pd.DataFrame") -> None:
         if self.store is not None:
-            self.store.append(rows)
+            self.store.append(rows, tag=f"rank{self.ranks.rank}" if self.ranks.distributed else "")
         self.new.append(rows)
         self._mark(rows)
 
-    def result(self) -> "pd.DataFrame":
-        """The stored and new rows this run asked for, :data:`COLUMNS`."""
+    def result(self, new: Sequence["pd.DataFrame"] | None = None) -> "pd.DataFrame":
+        """The stored and new rows this run asked for, :data:`COLUMNS` (``new``: every rank's, default this one's)."""
         import pandas as pd
 
-        df = pd.concat([self.stored] + self.new, ignore_index=True) if self.new else self.stored
+        new = self.new if new is None else [f for f in new if len(f)]
+        df = pd.concat([self.stored, *new], ignore_index=True) if new else self.stored
         wanted = {name for g in self.groups for name in METRIC_GROUPS[g]}
         keep = (df["data"] == self.data) & df["image_id"].isin(set(self.ids)) & df["method"].isin(self.methods) \
             & df["layer"].isin(list(self.specs)) & df["metric"].isin(wanted)
@@ -187,6 +201,8 @@ def run_evaluation(
     metric_batch_size: int = 64,
     explainer_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
     metric_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
+    precision: str = "fp32",
+    ranks: Ranks = SINGLE,
 ) -> "pd.DataFrame":
     """Evaluate ``methods`` at ``layers`` with ``metrics`` (options of :data:`METRIC_GROUPS`)
     on the first ``n`` items of ``dataset`` (dicts with ``image`` 3 x H x W in [0, 1] and
@@ -198,7 +214,11 @@ def run_evaluation(
     or ``"true"`` (the label). ``batch_size``: images per explainer call;
     ``metric_batch_size``: perturbed images per forward pass. ``explainer_kwargs`` /
     ``metric_kwargs``: per method / per metric option keyword arguments (e.g.
-    ``{"insdel": {"step": 64}}``, ``{"pointing_game": {"tolerance": 8}}``).
+    ``{"insdel": {"step": 64}}``, ``{"pointing_game": {"tolerance": 8}}``). ``precision``:
+    ``fp32``, ``bf16`` or ``fp16``, the autocast precision of the metrics' forward passes
+    (the clean pass included; the target class always comes from the float32 logits).
+    ``ranks``: this process's rank under torchrun (:func:`fgcam_lib.evaluation.distributed.from_env`);
+    each rank computes its share of the batches and rank 0 returns every rank's rows.
 
     Returns the rows of the evaluated images (stored and new), :data:`COLUMNS`, with
     ``df.attrs["throughput"]`` (per method: images, explain_s, metrics_s of this run) and
@@ -210,40 +230,55 @@ def run_evaluation(
     torch.manual_seed(seed)
     np.random.seed(seed)
     model.eval()
-    plan = _Plan(model, dataset, methods, layers, metrics, n, out, data_name, {"seed": seed, "target": target})
+    metric_model = at_precision(model, precision)
+    meta = {"seed": seed, "target": target, **({"precision": precision} if precision != "fp32" else {})}
+    plan = _Plan(model, dataset, methods, layers, metrics, n, out, data_name, meta, ranks)
     explainers = {m: make_explainer(m, model, preprocess=preprocess, **dict((explainer_kwargs or {}).get(m, {})))
                   for m in methods if plan.layers[m]}
     device, timing, chunks = next(model.parameters()).device, Throughput(), plan.batches(batch_size)
     # one step per method and batch, so the bar moves (and its ETA forms) within the first batch; it counts
     # only what is still to compute, so rate and ETA hold on a resumed run
-    bar = tqdm(total=len(chunks) * len(explainers), desc=f"evaluate {data_name}", unit="step", disable=not progress,
+    mine = sum(map(len, chunks))
+    desc = f"evaluate {data_name}" + (f" (rank 0 of {ranks.world})" if ranks.distributed else "")
+    bar = tqdm(total=len(chunks) * len(explainers), desc=desc, unit="step", disable=not progress or not ranks.main,
                miniters=1, mininterval=0)
-    bar.set_postfix_str(f"0/{len(plan.todo)} images ({len(plan.ids) - len(plan.todo)} stored)")
+    bar.set_postfix_str(f"0/{mine} images ({len(plan.ids) - len(plan.todo)} stored)")
     for k, chunk in enumerate(chunks):
         batch = load_batch(dataset, preprocess, indices=chunk, ids=[plan.ids[j] for j in chunk], device=device)
-        cols = _evaluate_batch(model, batch, explainers, plan, target, seed, metric_batch_size, metric_kwargs or {},
-                               timing, step=lambda: bar.update(1))
+        cols = _evaluate_batch(model, metric_model, batch, explainers, plan, target, seed, metric_batch_size,
+                               metric_kwargs or {}, timing, step=lambda: bar.update(1))
         plan.record(pd.DataFrame(cols).astype(DTYPES))
-        bar.set_postfix_str(f"{sum(map(len, chunks[:k + 1]))}/{len(plan.todo)} images", refresh=True)
+        bar.set_postfix_str(f"{sum(map(len, chunks[:k + 1]))}/{mine} images", refresh=True)
     bar.close()
-    df = plan.result()
+    if ranks.distributed:  # rank 0 merges every rank's rows and timings
+        gathered = ranks.gather((plan.new, timing.as_dict()))
+        df = plan.result([f for frames, _ in gathered for f in frames])
+        for _, t in gathered[1:] if ranks.main else []:
+            for m, v in t.items():
+                timing.add(m, v["explain_s"], v["metrics_s"], int(v["images"]))
+    else:
+        df = plan.result()
     df.attrs["throughput"] = timing.as_dict()
     df.attrs["computed_images"] = len(plan.todo)
     return df
 
 
-def _evaluate_batch(model: nn.Module, batch: Batch, explainers: Mapping[str, Any], plan: _Plan, target: str,
-                    seed: int, metric_batch_size: int, metric_kwargs: Mapping[str, Mapping[str, Any]],
-                    timing: Throughput, step: Callable[[], Any] = lambda: None) -> dict[str, list]:
+def _evaluate_batch(model: nn.Module, metric_model: nn.Module, batch: Batch, explainers: Mapping[str, Any],
+                    plan: _Plan, target: str, seed: int, metric_batch_size: int,
+                    metric_kwargs: Mapping[str, Mapping[str, Any]], timing: Throughput,
+                    step: Callable[[], Any] = lambda: None) -> dict[str, list]:
     """Maps and metrics of one batch (B images), only for the (image, method, layer, group) still missing.
 
-    One clean forward pass (B x K logits), one blurred baseline (B x 3 x S x S) and one
-    explainer call per method (all its missing layers); returns tidy-row columns.
+    One clean forward pass (B x K logits; a second one at the metrics' precision when that
+    is not float32), one blurred baseline (B x 3 x S x S) and one explainer call per method
+    (all its missing layers); returns tidy-row columns.
     """
-    with torch.no_grad():
+    with torch.no_grad():  # not inference_mode: the targets index into the explainers' autograd graphs
         logits = model(batch.x)
+    with torch.inference_mode():
+        metric_logits = logits if metric_model is model else metric_model(batch.x)
     t = _targets(target, logits, batch.labels)
-    cached, base = CleanLogitsCache(model, batch.x, logits), M.blur_baseline(batch.x)
+    cached, base = CleanLogitsCache(metric_model, batch.x, metric_logits), M.blur_baseline(batch.x)
     cols: dict[str, list] = {c: [] for c in COLUMNS}
     for method, explainer in explainers.items():
         todo = {l: [g for g in plan.groups if any(plan.missing(i, method, l, g) for i in batch.ids)]

@@ -21,7 +21,10 @@ from . import metrics as M
 from ..catalogue import METRIC_GROUPS
 from .batch import Batch
 
-__all__ = ["CleanLogitsCache", "score_maps", "check_metrics"]
+__all__ = ["CleanLogitsCache", "AtPrecision", "PRECISIONS", "at_precision", "score_maps", "check_metrics"]
+
+#: ``--precision`` values: the autocast dtype of the metrics' forward passes (None: float32, no autocast)
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 MetricKwargs = Mapping[str, Mapping[str, Any]]
 
@@ -74,6 +77,37 @@ class CleanLogitsCache(nn.Module):
                 return self.logits[rows]
         self.calls += 1
         return self.model(inp)
+
+
+class AtPrecision(nn.Module):
+    """The model under :func:`torch.autocast` to ``dtype``, its logits returned as float32.
+
+    The metrics run hundreds of forward passes per map (insertion/deletion: 226); on a GPU
+    bfloat16 / float16 autocast runs them on tensor cores. How far each metric moves
+    against float32 is measured by ``benchmarks/bench_precision.py``. Explanations are not
+    affected: the runner computes them in the model's own precision.
+
+        >>> fast = AtPrecision(model, torch.bfloat16)
+        >>> fast(x).dtype
+        torch.float32
+    """
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.model, self.dtype = model, dtype
+
+    def forward(self, inp: Tensor) -> Tensor:
+        with torch.autocast(inp.device.type, dtype=self.dtype):
+            out = self.model(inp)
+        return out.float()
+
+
+def at_precision(model: nn.Module, precision: str = "fp32") -> nn.Module:
+    """``model`` for the metrics' forward passes at ``precision`` (``fp32``: the model itself)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    dtype = PRECISIONS[precision]
+    return model if dtype is None else AtPrecision(model, dtype)
 
 
 def check_metrics(metrics: Sequence[str]) -> None:

@@ -47,8 +47,8 @@ class ResultStore:
         self.parquet = suffix != ".csv"
         self.meta_path = self.path / "_meta.json" if self.parquet else self.path.with_name(self.path.name + ".meta.json")
 
-    def check_meta(self, meta: Mapping[str, Any]) -> None:
-        """Record ``meta``, or raise ValueError if the stored one differs."""
+    def check_meta(self, meta: Mapping[str, Any], write: bool = True) -> None:
+        """Record ``meta`` (only check it when not ``write``), or raise ValueError if the stored one differs."""
         old: dict[str, Any] = {}
         if self.meta_path.is_file():
             old = json.loads(self.meta_path.read_text())
@@ -58,6 +58,8 @@ class ResultStore:
                                  "use another --out")
             if all(k in old for k in meta):
                 return
+        if not write:
+            return
         self.meta_path.parent.mkdir(parents=True, exist_ok=True)
         self.meta_path.write_text(json.dumps({**old, **meta}, indent=1))
 
@@ -72,8 +74,8 @@ class ResultStore:
             df = pd.read_csv(self.path, dtype={"image_id": str, "layer": str}) if self.path.is_file() else None
         return empty_rows() if df is None else typed_rows(df)
 
-    def append(self, df: "pd.DataFrame") -> None:
-        """Add rows durably."""
+    def append(self, df: "pd.DataFrame", tag: str = "") -> None:
+        """Add rows durably; ``tag`` goes into a parquet part's name (the rank that wrote it)."""
         if df.empty:
             return
         if self.parquet:
@@ -81,7 +83,7 @@ class ResultStore:
             n = len(list(self.path.glob("part-*.parquet")))
             tmp = self.path / f".tmp-{uuid.uuid4().hex}.parquet"
             df.to_parquet(tmp, index=False)
-            os.replace(tmp, self.path / f"part-{n:06d}-{uuid.uuid4().hex[:8]}.parquet")
+            os.replace(tmp, self.path / f"part-{n:06d}-{tag + '-' if tag else ''}{uuid.uuid4().hex[:8]}.parquet")
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             header = not self.path.is_file() or self.path.stat().st_size == 0

@@ -12,7 +12,7 @@ Conventions shared by every function here:
 * every metric returns per-image tensors (on the images' device); means are left to
   the caller, so that confidence intervals stay possible.
 * perturbed images are built as tensors in chunks and pushed through the model in
-  batches of ``batch_size`` under :func:`torch.no_grad`.
+  batches of ``batch_size`` under :func:`torch.inference_mode`.
 
 The faithfulness metrics follow the FG-CAM paper: Average Drop / Increase keeping the
 most important 50% of the pixels and blurring the rest (Gaussian blur, kernel 51,

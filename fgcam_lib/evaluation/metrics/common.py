@@ -112,7 +112,7 @@ def _batches(images: Iterable[Tensor], batch_size: int) -> Iterator[Tensor]:
         yield torch.cat(buf)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def target_probs(model: nn.Module, images: Iterable[Tensor], targets: Tensor,
                   batch_size: int) -> Tensor:
     """Softmax probability of ``targets[i]`` for the i-th image of the stream.
@@ -133,7 +133,7 @@ def target_probs(model: nn.Module, images: Iterable[Tensor], targets: Tensor,
     return torch.cat(out) if out else targets.new_zeros(0, dtype=torch.float32)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def clean_logits(model: nn.Module, x: Tensor, batch_size: int) -> Tensor:
     """Logits of the clean images, ``B x K``, in chunks of ``batch_size``."""
     return _widen(torch.cat([model(b) for b in _batches([x], batch_size)]))
