@@ -13,13 +13,15 @@ stores them.
     >>> published(table=2).head()                  # tidy: table, method, layer, metric, value
     >>> compare_table(df, table=2)                  # paper vs ours (mean, CI, n) per cell
     >>> check_claims(df)                            # which of the paper's orderings hold here
+    >>> check_claims(df, layers=["layer3", "layer2", "layer1"])   # the same on a ResNet's layers
+    >>> orderings_table({"bundled": check_orderings(test_rows, loc_rows)})   # one column per model
 
 pandas and scipy are imported inside the functions that need them.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -34,7 +36,8 @@ if TYPE_CHECKING:
 __all__ = [
     "SOURCE", "PROTOCOL", "LOWER_IS_BETTER", "TABLE_SOURCES", "TABLES",
     "Claim", "CLAIMS", "published", "published_value", "published_wide", "compare_table", "format_comparison",
-    "check_claims", "pairwise_agreement",
+    "check_claims", "pairwise_agreement", "PAPER_LAYER_KEYS", "paper_layer_map", "to_paper_layers",
+    "check_orderings", "orderings_table", "NOT_RUN",
 ]
 
 SOURCE = ("Qiu, Jin, Zhang. Empowering CAM-based Methods with Capability to Generate Fine-Grained "
@@ -58,6 +61,8 @@ PROTOCOL: dict[str, Any] = {
 LOWER_IS_BETTER: frozenset[str] = frozenset(k for k, s in METRICS.items() if not s.higher_is_better)
 
 _L = ("33", "23", "13")
+#: the paper's three CAM layers (VGG16-BN's pools at 1/16, 1/8, 1/4 of the input), deepest first
+PAPER_LAYER_KEYS: tuple[str, ...] = _L
 _CAM = PAPER_CAM_METHODS     # grad_cam, fg_grad_cam, fg_grad_cam_denoise, score_cam, fg_score_cam,
                              # fg_score_cam_denoise, layer_cam: the column order of Tables 2 and 3
 _INP = PAPER_INPUT_METHODS   # lrp, clrp, sglrp, fg_grad_cam, fg_grad_cam_denoise, fg_score_cam,
@@ -182,6 +187,44 @@ def published(table: int | str | None = None) -> "pd.DataFrame":
     return df
 
 
+# ----------------------------------------------------------------------------- other models
+def paper_layer_map(layers: Sequence[str | int] | None) -> dict[str, str]:
+    """The model's three CAM layers (deepest first, as :func:`fgcam_lib.methods.paper_layers` gives
+    them) -> the paper's keys ``"33"``, ``"23"``, ``"13"`` (the layers at the same resolutions).
+
+    Example:
+        >>> paper_layer_map(["layer3", "layer2", "layer1"])
+        {'layer3': '33', 'layer2': '23', 'layer1': '13'}
+    """
+    if layers is None:
+        return {k: k for k in _L}
+    keys = [layer_key(layer) for layer in layers]
+    if len(keys) != len(_L) or len(set(keys)) != len(_L) or "input" in keys:
+        raise ValueError(f"name the model's three CAM layers deepest first (as paper_layers gives them), not {keys}")
+    return dict(zip(keys, _L))
+
+
+def to_paper_layers(df: "pd.DataFrame", layers: Sequence[str | int] | None) -> "pd.DataFrame":
+    """Rows with the model's CAM layers renamed to the paper's keys (``"layer1"`` -> ``"13"``), so
+    :func:`compare_table`, :func:`check_claims` and the paper's table layouts apply to any model.
+
+    ``layers``: the model's three CAM layers, deepest first; None: the paper's own (no change).
+    A model whose rows already use the paper's keys for other layers is refused.
+
+    Example:
+        >>> to_paper_layers(resnet_rows, ["layer3", "layer2", "layer1"])["layer"].unique()
+        array(['33', '23', '13', 'input'], dtype=object)
+    """
+    mapping = paper_layer_map(layers)
+    stored = df["layer"].map(layer_key)
+    if all(k == v for k, v in mapping.items()):
+        return df.assign(layer=stored)
+    clash = sorted(set(stored) & (set(_L) - set(mapping)))
+    if clash:
+        raise ValueError(f"rows already hold layers {clash}; they cannot also stand for {sorted(mapping)}")
+    return df.assign(layer=stored.map(lambda k: mapping.get(k, k)))
+
+
 # ----------------------------------------------------------------------------- comparison
 def _cells(df: "pd.DataFrame") -> "pd.DataFrame":
     """Tidy evaluation rows with normalised layer keys (``"features.13"`` -> ``"13"``)."""
@@ -296,10 +339,14 @@ class Claim:
     def lower_is_better(self) -> bool:
         return self.metric in LOWER_IS_BETTER
 
-    def describe(self) -> str:
+    def describe(self, layers: Mapping[str, str] | None = None) -> str:
+        """``"FG-Grad-CAM@Layer13 < Grad-CAM@Layer13 on A.D."``; ``layers`` renames the paper's
+        layer keys (``{"13": "layer1", ...}``: the layers that stand for them on another model)."""
+        names = dict(layers or {})
+
         def side(ml: tuple[str, str]) -> str:
             m, l = ml
-            return f"{method_label(m)}@{'input' if l == 'input' else layer_label(l)}"
+            return f"{method_label(m)}@{'input' if l == 'input' else layer_label(names.get(l, l))}"
 
         sign = "<" if self.lower_is_better else ">"
         return f"{side(self.a)} {sign} {side(self.b)} on {METRIC_LABELS.get(self.metric, self.metric)}"
@@ -361,6 +408,7 @@ def check_claims(
     df: "pd.DataFrame",
     claims: Iterable[Claim] = CLAIMS,
     *,
+    layers: Sequence[str | int] | None = None,
     confidence: float = 0.95,
     n_resamples: int = 2000,
     seed: int = 0,
@@ -371,13 +419,24 @@ def check_claims(
     where lower is better, so positive = the paper's direction) on the images both were
     evaluated on, its mean and a paired percentile-bootstrap CI. ``verdict``:
     ``"holds"`` (mean advantage > 0), ``"reversed"`` (< 0), ``"tie"``, or
-    ``"not evaluated"``; ``clear``: the CI excludes 0. Columns: ``claim``, ``table``,
-    ``paper_a``, ``paper_b``, ``ours_a``, ``ours_b``, ``advantage``, ``ci_low``,
-    ``ci_high``, ``n``, ``verdict``, ``clear``, ``text``.
+    ``"not evaluated"``; ``clear``: the CI excludes 0. Columns: ``claim`` (with the model's
+    layer names), ``paper_claim`` (with the paper's), ``table``, ``paper_a``, ``paper_b``,
+    ``ours_a``, ``ours_b``, ``advantage``, ``ci_low``, ``ci_high``, ``n``, ``verdict``,
+    ``clear``, ``text``.
+
+    ``layers``: the model's three CAM layers standing for the paper's Layer33/23/13 (deepest
+    first, e.g. ``paper_layers(resnet)`` = ``["layer3", "layer2", "layer1"]``); default the
+    paper's own.
+
+    Example:
+        >>> check_claims(rows, layers=["layer3", "layer2", "layer1"]).loc[0, "claim"]
+        'FG-Grad-CAM@layer3 < Grad-CAM@layer3 on A.D.'
     """
     import pandas as pd
 
-    cells = _cells(df)
+    mapping = paper_layer_map(layers)
+    names = {v: k for k, v in mapping.items()}
+    cells = to_paper_layers(_cells(df), layers)
     rows = []
     for c in claims:
         va, vb = _paired_values(cells, c)
@@ -394,7 +453,7 @@ def check_claims(
             verdict = "tie"
         clear = bool(np.isfinite(lo) and (lo > 0 or hi < 0))
         rows.append({
-            "claim": c.describe(), "table": c.table,
+            "claim": c.describe(names), "paper_claim": c.describe(), "table": c.table,
             "paper_a": published_value(*c.a, c.metric), "paper_b": published_value(*c.b, c.metric),
             "ours_a": float(va.mean()) if va.size else float("nan"),
             "ours_b": float(vb.mean()) if vb.size else float("nan"),
@@ -431,3 +490,73 @@ def pairwise_agreement(df: "pd.DataFrame", table: int | str) -> "pd.DataFrame":
         rows.append({"layer": layer, "metric": metric, "methods": len(g), "pairs": pairs, "agree": agree,
                      "share": agree / pairs if pairs else float("nan"), "kendall_tau": tau})
     return pd.DataFrame(rows).set_index(["layer", "metric"])
+
+
+# ----------------------------------------------------------------- orderings on several models
+#: what a claim's cell says when a metric has no stored rows for a model
+NOT_RUN = "not run"
+_LOC_TABLES = (3, 6)  # claims scored on the localization split; the others on the faithfulness split
+
+
+def check_orderings(
+    test_rows: "pd.DataFrame | None",
+    loc_rows: "pd.DataFrame | None",
+    layers: Sequence[str | int] | None = None,
+    claims: Iterable[Claim] = CLAIMS,
+    *,
+    seed: int = 0,
+    n_resamples: int = 2000,
+) -> "pd.DataFrame":
+    """:func:`check_claims` for one model: claims of Tables 1, 2, 4, 5 on ``test_rows`` (the
+    faithfulness split), of Tables 3 and 6 on ``loc_rows`` (the localization split).
+
+    Either may be None or empty (nothing stored): its claims come back ``"not evaluated"``
+    with ``n`` 0, never scored on the other split's rows. ``layers``: the model's CAM layers
+    (see :func:`check_claims`). Same columns as :func:`check_claims`, in ``claims``' order.
+
+    Example:
+        >>> check_orderings(read_results(test_path), None, ["layer3", "layer2", "layer1"])
+    """
+    import pandas as pd
+
+    from .store import empty_rows
+
+    claims = list(claims)
+    parts = []
+    for rows, in_loc in ((test_rows, False), (loc_rows, True)):
+        mine = [c for c in claims if (c.table in _LOC_TABLES) == in_loc]
+        if mine:
+            rows = empty_rows() if rows is None else rows
+            parts.append(check_claims(rows, mine, layers=layers, seed=seed, n_resamples=n_resamples))
+    out = pd.concat(parts, ignore_index=True)
+    order = {c.describe(): i for i, c in enumerate(claims)}
+    return out.sort_values("paper_claim", key=lambda s: s.map(order), kind="stable").reset_index(drop=True)
+
+
+def _verdict_cell(r: Any) -> str:
+    """``"holds, clear: +57.27 (n=500)"``, ``"reversed: -0.0012 (n=100)"`` or :data:`NOT_RUN`."""
+    if r.verdict == "not evaluated" or not r.n:
+        return NOT_RUN
+    return f"{r.verdict}{', clear' if r.clear else ''}: {r.advantage:+.4g} (n={r.n})"
+
+
+def orderings_table(by_model: Mapping[str, "pd.DataFrame"]) -> "pd.DataFrame":
+    """One row per claim (the paper's wording), one column per model, each cell the verdict,
+    the mean per-image advantage in the paper's direction (A.D./A.I. in percentage points) and
+    the number of images, or :data:`NOT_RUN` where the model has no stored rows for it.
+
+    ``by_model``: model name -> :func:`check_orderings` (or :func:`check_claims`) result.
+
+    Example:
+        >>> orderings_table({"bundled": check_orderings(t, l), "bundled_resnet": check_orderings(t2, l2, lay)})
+    """
+    import pandas as pd
+
+    cols = {}
+    for name, checked in by_model.items():
+        cols[name] = pd.Series([_verdict_cell(r) for r in checked.itertuples()],
+                               index=pd.Index(checked["paper_claim"], name="claim (the paper's layers)"))
+    table = pd.DataFrame(cols)
+    first = next(iter(by_model.values()))
+    table.insert(0, "table", first.set_index("paper_claim")["table"].reindex(table.index).to_numpy())
+    return table
