@@ -66,27 +66,31 @@ def score_cam_weights(
     normalised). ``variant="paper"``: ``w_c = softmax(f(x * M_c))_t`` (the authors'
     code); ``variant="common"``: ``w = softmax_c(f(x * M_c)_t)`` (pytorch-grad-cam,
     torchcam). Masked inputs go through the model ``batch_size`` at a time in one
-    reused buffer; the B x C x 3 x H x W tensor is never built.
+    reused buffer, the (image, channel) pairs of all images in one stream, so a batch
+    spans images when a layer has fewer channels than ``batch_size``; the B x C x 3 x H x W
+    tensor is never built, and the scores stay on the device.
     """
     if variant not in ("paper", "common"):
         raise ValueError(f"unknown Score-CAM variant {variant!r}; use 'paper' or 'common'")
     B, C = A.shape[:2]
     size = x.shape[-2:]
-    scores = torch.empty(B, C, dtype=x.dtype, device=x.device)
-    buf = torch.empty((min(batch_size, C),) + tuple(x.shape[1:]), dtype=x.dtype, device=x.device)
-    chunks = [(b, k) for b in range(B) for k in range(0, C, batch_size)]
-    for b, k0 in tqdm(chunks, desc="Score-CAM masks", disable=not progress, leave=False):
-        k1 = min(k0 + batch_size, C)
-        m = F.interpolate(A[b : b + 1, k0:k1], size=size, mode="bilinear", align_corners=align_corners)[0]
+    scores = torch.empty(B * C, dtype=x.dtype, device=x.device)
+    flat = A.reshape(B * C, 1, *A.shape[2:])  # pair p = (image p // C, channel p % C)
+    buf = torch.empty((min(batch_size, B * C),) + tuple(x.shape[1:]), dtype=x.dtype, device=x.device)
+    image_of = torch.arange(B * C, device=x.device) // C
+    for p0 in tqdm(range(0, B * C, batch_size), desc="Score-CAM masks", disable=not progress, leave=False):
+        p1 = min(p0 + batch_size, B * C)
+        m = F.interpolate(flat[p0:p1], size=size, mode="bilinear", align_corners=align_corners)[:, 0]
         lo = m.flatten(1).min(1).values.view(-1, 1, 1)
         hi = m.flatten(1).max(1).values.view(-1, 1, 1)
         m = safe_div(m - lo, (hi - lo).expand_as(m))
-        n = k1 - k0
-        torch.mul(x[b].unsqueeze(0), m.unsqueeze(1), out=buf[:n])
-        out = logits_fn(buf[:n])
+        imgs = image_of[p0:p1]
+        torch.mul(x[imgs], m.unsqueeze(1), out=buf[:p1 - p0])
+        out = logits_fn(buf[:p1 - p0])
         if variant == "paper":
             out = out.softmax(1)
-        scores[b, k0:k1] = out[:, target[b]]
+        scores[p0:p1] = out.gather(1, target[imgs][:, None])[:, 0]
+    scores = scores.view(B, C)
     return scores if variant == "paper" else scores.softmax(1)
 
 
