@@ -180,7 +180,9 @@ class Explorer:
 
     Example:
         >>> app = Explorer(model, pre, models={"other": lambda: load_model("bundled_resnet")})
-        >>> app.update(model="other").layer            # the model loads now
+        >>> fig = app.update(model="other")             # the model loads now
+        >>> app.settings.layer, app.layers[:2]
+        ('input', ['layer4', 'layer3'])
     """
 
     def __init__(
