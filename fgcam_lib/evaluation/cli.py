@@ -107,6 +107,9 @@ def build_parser(prog: str = "python -m fgcam_lib.evaluation") -> argparse.Argum
                         "precision); bf16/fp16 are for GPUs, their effect on each metric is in RESULTS.md")
     p.add_argument("--channels-last", action="store_true",
                    help="convert the model to channels-last memory format (faster convolutions on some GPUs)")
+    p.add_argument("--tie-seeds", default=None,
+                   help="e.g. 0,1,2: score each map under these tie-breaking seeds instead (rows in "
+                        "results/ties_<data>_<model>.parquet) and print each mean's spread over the seeds")
     p.add_argument("--throughput", action="store_true", help="print images/s per method at the end")
     p.add_argument("--table", default=None,
                    help="print the paper's tables 1-6, e.g. 1,2,3 (default: one summary row per method and layer)")
@@ -214,6 +217,8 @@ def _run(args: argparse.Namespace, ranks: Ranks) -> int:
         say(f"{ranks.world} ranks: rank r computes batches r, r + {ranks.world}, ... of {args.batch_size} images",
             file=sys.stderr)
     mbs = args.metric_batch_size or (64 if size <= 128 else 16)
+    if args.tie_seeds:
+        return _ties(args, ranks, model, preprocess, plan, methods, layers, mbs)
     frames, stored = [], []
     for name, ds, n, metrics in plan:
         out = args.out if args.out is not None or args.no_save else results_path(name, model)
@@ -250,6 +255,31 @@ def _run(args: argparse.Namespace, ranks: Ranks) -> int:
                     for k in acc:
                         acc[k] += t[k]
             print("\nThroughput (images/s; this run's computed images)\n" + throughput_table(timing).to_string())
+    return 0
+
+
+def _ties(args: argparse.Namespace, ranks: Ranks, model: nn.Module, preprocess: Any, plan: list, methods: list[str],
+          layers: list[str], mbs: int) -> int:
+    """``--tie-seeds``: the same maps under several tie seeds, and the spread of each mean."""
+    import pandas as pd
+
+    from .ties import tie_rows, tie_spread
+
+    if ranks.distributed:
+        print("error: --tie-seeds runs in one process; start it without torchrun", file=sys.stderr)
+        return 2
+    seeds = [int(s) for s in _split_list(args.tie_seeds)]
+    for name, ds, n, metrics in plan:
+        out = None if args.no_save else (args.out or results_path(name, model).with_name(
+            "ties_" + results_path(name, model).name.removeprefix("bench_")))
+        if out is not None:
+            print(f"{name}: rows go to {out} (a rerun resumes from there)", file=sys.stderr)
+        rows = tie_rows(model, preprocess, ds, methods, layers, metrics, seeds=seeds, n=n, out=out,
+                        batch_size=args.batch_size, metric_batch_size=mbs, data_name=name,
+                        progress=not args.no_progress)
+        with pd.option_context("display.width", 200, "display.max_columns", 20, "display.max_rows", 500):
+            print(f"\n{name}: means over {rows['image_id'].nunique()} images under tie seeds {seeds}, and their spread")
+            print(tie_spread(rows).round(4).to_string())
     return 0
 
 
