@@ -1,0 +1,135 @@
+"""The three sanity checks of :mod:`fgcam_lib.evaluation.sanity` on any model, as three short tables.
+
+    python -m fgcam_lib.evaluation.sanity_report --model bundled_resnet      # tables printed, rows in results/
+
+Notebook 08 tells the story on the bundled VGG; this runs the same checks on each bundled
+model (layers at the paper's resolutions, :func:`fgcam_lib.methods.registry.paper_layers`):
+
+- **randomisation**: the mean Spearman (|map|) to the original map once every linear layer is
+  re-initialised, and once the last conv stage is too, with the verdict of
+  :func:`~fgcam_lib.evaluation.sanity.randomization_verdict` (threshold 0.5);
+- **class sensitivity**: on two-object scenes, the share of each class's map on its own
+  object minus on the other one (``gap``), class-discriminative when its CI is above 0;
+- **weight ablation**: Spearman (|map|) between FG-Grad-CAM and the same propagation of
+  uniform CAM weights, beside the runner-up class's FG-Grad-CAM map as a yardstick.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import sanity as S
+from ..methods.registry import make_explainer, paper_layers
+from .batch import load_batch
+from .store import model_fingerprint
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["stage_groups", "sanity_tables", "main"]
+
+
+def stage_groups(model: nn.Module) -> list[list[str]]:
+    """Randomisation groups, top-down: each linear layer, then one group per conv stage.
+
+    VGG: the convs between two pools (:func:`~fgcam_lib.evaluation.sanity.randomization_groups`
+    with ``by="stage"``). A network with one pool in its stem (ResNet) would give one stage
+    for the whole body there, so its convs are grouped by the top-level module they sit in
+    (``layer4``, ``layer3``, ..., the stem).
+    """
+    groups = S.randomization_groups(model, by="stage")
+    linear = [g for g in groups if isinstance(model.get_submodule(g[0]), nn.Linear)]
+    if len(groups) - len(linear) > 2:
+        return groups
+    by_top: dict[str, list[str]] = {}
+    for g in S.randomization_groups(model, by="conv")[len(linear):][::-1]:  # shallow to deep
+        for name in g:
+            by_top.setdefault(name.split(".")[0], []).append(name)
+    return linear + list(by_top.values())[::-1]
+
+
+def sanity_tables(model: nn.Module, preprocess: Any, n_images: int = 12, n_pairs: int = 24, n_ablation: int = 24,
+                  seed: int = 0, threshold: float = 0.5) -> dict[str, "pd.DataFrame"]:
+    """``{"randomization", "class_sensitivity", "weight_ablation"}`` tables for ``model`` (see the module doc)."""
+    import pandas as pd
+
+    from ..data.scenes import SyntheticScenes
+
+    torch.manual_seed(seed)
+    size = int(getattr(preprocess, "size", 96))
+    scene_seed = int((getattr(model, "card", {}) or {}).get("scene_seed", 0))
+    layers = paper_layers(model, size)
+    finest = layers[-1]
+    test = load_batch(SyntheticScenes("test", max(n_images, n_ablation), seed=scene_seed, size=size), preprocess)
+    groups = stage_groups(model)
+    n_linear = sum(isinstance(model.get_submodule(g[0]), nn.Linear) for g in groups)
+    pairs = [("grad_cam", finest), ("layer_cam", finest), ("fg_grad_cam", finest), ("lrp", finest),
+             ("fg_grad_cam", "input"), ("lrp", "input"), ("clrp", "input"), ("sglrp", "input")]
+    signed = {m: True for m in ("fg_grad_cam", "lrp", "clrp", "sglrp")}
+    casc = S.cascading(model, preprocess, test.x[:n_images], None, pairs, groups[:n_linear + 1], seed=seed,
+                       signed=signed)
+    summary = S.summarize_values(casc, ["method", "layer", "step"], ["spearman_abs"], seed=seed)
+    rand = pd.concat({"linear layers random": S.randomization_verdict(summary, n_linear, threshold=threshold),
+                      "+ last stage random": S.randomization_verdict(summary, n_linear + 1, threshold=threshold)},
+                     axis=1)
+
+    pairs_b = load_batch(SyntheticScenes("pairs", n_pairs, seed=scene_seed, size=size), preprocess)
+    classes, masks = torch.stack(pairs_b.classes), torch.stack(pairs_b.masks)
+    frames = []
+    for name, layer in [("grad_cam", finest), ("layer_cam", finest), ("fg_grad_cam", finest),
+                        ("fg_grad_cam", "input"), ("lrp", "input"), ("clrp", "input"), ("sglrp", "input")]:
+        cs = S.class_sensitivity(make_explainer(name, model, preprocess=preprocess), pairs_b.x, classes, masks,
+                                 layer=layer, signed=layer == "input")
+        frames.append(cs.assign(method=name, layer=str(layer)))
+    cs_sum = S.summarize_values(pd.concat(frames, ignore_index=True), ["method", "layer"], ["own", "other", "gap"],
+                                seed=seed)
+    cs_table = cs_sum[["own", "other", "gap", "gap_low", "gap_high"]].assign(
+        discriminative=["yes" if lo > 0 else ("no" if hi <= 0 else "unclear")
+                        for lo, hi in zip(cs_sum["gap_low"], cs_sum["gap_high"])])
+
+    abl = S.weight_ablation(model, preprocess, test.x[:n_ablation], [*layers, "input"], modes=("ones",), seed=seed)
+    abl_sum = S.summarize_values(abl, ["variant", "layer"], ["spearman_abs"], seed=seed)
+    abl_table = abl_sum["spearman_abs"].unstack("layer")[[str(l) for l in [*layers, "input"]]]
+    return {"randomization": rand, "class_sensitivity": cs_table, "weight_ablation": abl_table}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import pandas as pd
+
+    from ..data.models import WeightsNotFoundError, load_model
+
+    p = argparse.ArgumentParser(prog="python -m fgcam_lib.evaluation.sanity_report", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="bundled")
+    p.add_argument("--n-images", type=int, default=12, help="test scenes for the randomisation")
+    p.add_argument("--n-pairs", type=int, default=24, help="two-object scenes for class sensitivity")
+    p.add_argument("--n-ablation", type=int, default=24, help="test scenes for the weight ablation")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", default="results", help="folder for sanity_<table>_<model fingerprint>.csv")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        model, pre = load_model(args.model)
+    except (WeightsNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    tables = sanity_tables(model, pre, args.n_images, args.n_pairs, args.n_ablation, args.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        for name, t in tables.items():
+            path = out / f"sanity_{name}_{model_fingerprint(model)}.csv"
+            t.to_csv(path)
+            print(f"\n{name} ({args.model}; {path})\n{t.round(3).to_string()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
