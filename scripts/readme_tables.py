@@ -1,6 +1,11 @@
 """Print the evaluation results as Markdown tables (Tables 1-6 layouts, mean ± 95% CI).
 
     python scripts/readme_tables.py results/bench_benchmark_test_<fp>.parquet results/bench_benchmark_loc_<fp>.parquet
+    python scripts/readme_tables.py --layers layer3,layer2,layer1 results/bench_*_240040638d.parquet   # the bundled ResNet
+    python scripts/readme_tables.py --ties results/ties_benchmark_test_<fp>.parquet                   # tie-seed spreads
+
+``--layers``: the model's three CAM layers (deepest first), shown in the paper's Layer33 /
+Layer23 / Layer13 columns.
 """
 from __future__ import annotations
 
@@ -8,7 +13,10 @@ import sys
 
 import pandas as pd
 
+from fgcam_lib.catalogue import METHOD_LABELS
+from fgcam_lib.evaluation.published import to_paper_layers
 from fgcam_lib.evaluation.runner import format_table, read_results, summarize
+from fgcam_lib.evaluation.ties import tie_spread
 
 
 def markdown(df: pd.DataFrame) -> str:
@@ -21,8 +29,21 @@ def markdown(df: pd.DataFrame) -> str:
     return "\n".join([head, rule] + rows)
 
 
-def main(paths: list[str]) -> None:
+def ties(paths: list[str]) -> None:
+    """Per method and layer: the spread (max - min) of the A.D. / A.I. means over the tie seeds."""
+    rows = pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True)
+    s = tie_spread(rows)
+    seeds = sorted(rows["seed"].unique())
+    wide = s["spread"].unstack("metric")
+    wide.index = [f"{METHOD_LABELS.get(m, m)} @ {l}" for m, l in wide.index]
+    wide.index.name = f"spread of the mean over tie seeds {seeds} ({int(s['n'].min())} images)"
+    print(markdown(wide.round(2)))
+
+
+def main(paths: list[str], layers: list[str] | None = None) -> None:
     df = pd.concat([read_results(p) for p in paths], ignore_index=True)
+    if layers:
+        df = to_paper_layers(df, layers)
     n = df.groupby(["data", "metric"])["image_id"].nunique()
     print("images per metric: " + "; ".join(f"{d} {m} {c}" for (d, m), c in n.items()))
     for k in range(1, 7):
@@ -34,6 +55,12 @@ def main(paths: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help"):
+    args = sys.argv[1:]
+    if not args or args[0] in ("-h", "--help"):
         sys.exit(__doc__)
-    main(sys.argv[1:])
+    if args[0] == "--ties":
+        ties(args[1:])
+    elif args[0] == "--layers":
+        main(args[2:], args[1].split(","))
+    else:
+        main(args)
