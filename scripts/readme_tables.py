@@ -17,6 +17,7 @@ from fgcam_lib.catalogue import METHOD_LABELS
 from fgcam_lib.evaluation.published import to_paper_layers
 from fgcam_lib.evaluation.runner import format_table, read_results, summarize
 from fgcam_lib.evaluation.ties import tie_spread
+from fgcam_lib.methods.registry import PAPER_CAM_METHODS, PAPER_INPUT_METHODS
 
 
 def markdown(df: pd.DataFrame) -> str:
@@ -32,12 +33,18 @@ def markdown(df: pd.DataFrame) -> str:
 def ties(paths: list[str]) -> None:
     """Per method and layer: the spread (max - min) of the A.D. / A.I. means over the tie seeds."""
     rows = pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True)
-    s = tie_spread(rows)
-    seeds = sorted(rows["seed"].unique())
-    wide = s["spread"].unstack("metric")
-    wide.index = [f"{METHOD_LABELS.get(m, m)} @ {l}" for m, l in wide.index]
-    wide.index.name = f"spread of the mean over tie seeds {seeds} ({int(s['n'].min())} images)"
-    print(markdown(wide.round(2)))
+    in_tables = [(m in PAPER_CAM_METHODS and l != "input") or (m in PAPER_INPUT_METHODS and l == "input")
+                 for m, l in zip(rows["method"], rows["layer"])]
+    s = tie_spread(rows[in_tables])["spread"].unstack("metric")
+    seeds = ", ".join(str(int(v)) for v in sorted(rows["seed"].unique()))
+    cells = {(m, l): f"{r['average_drop']:.2f} / {r['average_increase']:.0f}" for (m, l), r in s.iterrows()}
+    layers = list(dict.fromkeys(l for _, l in cells))
+    layers = sorted(layers, key=lambda l: (l == "input", -int("".join(c for c in l if c.isdigit()) or 0)))
+    methods = list(dict.fromkeys([*PAPER_CAM_METHODS, *PAPER_INPUT_METHODS]))
+    table = pd.DataFrame({l: [cells.get((m, l), "") for m in methods] for l in layers},
+                         index=[METHOD_LABELS.get(m, m) for m in methods])
+    table.index.name = f"A.D. / A.I. spread, tie seeds {seeds}, {int(rows['image_id'].nunique())} images"
+    print(markdown(table))
 
 
 def main(paths: list[str], layers: list[str] | None = None) -> None:
