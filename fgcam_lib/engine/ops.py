@@ -126,12 +126,22 @@ _OUT_OF_PLACE: dict[type, Callable[[nn.Module, Tensor], Tensor]] = {
 }
 
 
+def _max_pool(m: nn.MaxPool2d, x: Tensor) -> Tensor:
+    """A max pool of a contiguous CPU image batch, run in channels-last (about 10x faster there;
+    a max moves no values, so the output is the same) and returned contiguous."""
+    if x.device.type == "cpu" and x.dim() == 4 and x.is_contiguous():
+        return m(x.contiguous(memory_format=torch.channels_last)).contiguous()
+    return m(x)
+
+
 class ModuleOp:
     """Calls a module; activations that were built ``inplace=True`` run out of place."""
 
     def __init__(self, module: nn.Module):
         self.module = module
         self._fn = _OUT_OF_PLACE.get(type(module)) if getattr(module, "inplace", False) else None
+        if self._fn is None and isinstance(module, nn.MaxPool2d) and not module.return_indices:
+            self._fn = _max_pool
 
     def __call__(self, *xs: Any) -> Any:
         if self._fn is not None:

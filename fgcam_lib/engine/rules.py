@@ -20,8 +20,9 @@ Divisions by zero give zero (the authors' convention), so nothing is stabilised.
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Hashable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +47,66 @@ class Folded:
     bias: Tensor
 
 
+class _WeightParts:
+    """Parts of a parameter (``w.clamp(min=0)``, ...) computed once per weight value.
+
+    z-rules read the same positive/negative weight parts on every call; recomputing them
+    costs a pass over every weight of the model. Entries are keyed by the parameter itself
+    (held weakly: the cache never keeps a model alive and nothing is stored on the model) and
+    stamped with its storage pointer, version counter, shape, strides, dtype and device, so
+    an optimizer step, ``load_state_dict``, ``param.copy_`` under ``no_grad`` or
+    ``param.data = ...`` gives fresh parts. Writes through ``param.data`` bypass the version
+    counter: call :func:`clear_weight_cache` after them. Tensors that are not parameters
+    (BN-folded weights, made afresh per call) are not cached.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[int, tuple[weakref.ref, tuple, dict[Hashable, Tensor]]] = {}
+
+    @staticmethod
+    def _stamp(t: Tensor) -> tuple:
+        return t.data_ptr(), t._version, t.shape, t.stride(), t.dtype, t.device
+
+    def get(self, source: Tensor, part: Hashable, make: Callable[[Tensor], Tensor]) -> Tensor:
+        """``make(source)`` (detached), from the cache while ``source`` is unchanged."""
+        if not isinstance(source, nn.Parameter):
+            return make(source.detach())
+        key, stamp = id(source), self._stamp(source)
+        entry = self._entries.get(key)
+        if entry is None or entry[0]() is not source or entry[1] != stamp:
+            ref = weakref.ref(source, lambda r, k=key: self._drop(k, r))
+            entry = (ref, stamp, {})
+            self._entries[key] = entry
+        parts = entry[2]
+        if part not in parts:
+            parts[part] = make(source.detach())
+        return parts[part]
+
+    def _drop(self, key: int, ref: weakref.ref) -> None:
+        entry = self._entries.get(key)
+        if entry is not None and entry[0] is ref:
+            del self._entries[key]
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+_PARTS = _WeightParts()
+
+
+def clear_weight_cache() -> None:
+    """Forget the cached weight parts (needed only after writes through ``param.data``)."""
+    _PARTS.clear()
+
+
+def _positive(w: Tensor) -> Tensor:
+    return w.clamp(min=0)
+
+
+def _negative(w: Tensor) -> Tensor:
+    return w.clamp(max=0)
+
+
 class _Linear:
     """The layer as a linear map of (input, weight): forward and its transpose."""
 
@@ -59,9 +120,14 @@ class _Linear:
                 raise TypeError(f"Conv2d with padding_mode={module.padding_mode!r} is not supported")
         elif not isinstance(module, nn.Linear):
             raise TypeError(f"{type(module).__name__} is not a weighted layer")
+        self.source = weights.weight
         # relevance is not differentiated: keep rules off the autograd graph
         self.weight = weights.weight.detach()
         self.bias = weights.bias.detach() if weights.bias is not None else None
+
+    def part(self, name: Hashable, make: Callable[[Tensor], Tensor]) -> Tensor:
+        """A tensor made from the weight alone (its positive part, ...), cached per weight value."""
+        return _PARTS.get(self.source, name, make)
 
     def forward(self, x: Tensor, w: Tensor) -> Tensor:
         m = self.module
@@ -72,9 +138,24 @@ class _Linear:
     def transpose(self, s: Tensor, w: Tensor, shape: torch.Size) -> Tensor:
         """``sum_j w_ij s_j``: the gradient of ``forward`` w.r.t. its input."""
         m = self.module
-        if isinstance(m, nn.Conv2d):
+        if not isinstance(m, nn.Conv2d):
+            return s @ w
+        if isinstance(m.padding, str):
             return torch.nn.grad.conv2d_input(shape, w, s, m.stride, m.padding, m.dilation, m.groups)
-        return s @ w
+        if m.kernel_size == (1, 1) and m.padding == (0, 0) and m.groups == 1:
+            # a 1x1 convolution's transpose is a matrix product (scattered onto the strided
+            # grid): on CPU much faster than the generic backward-data kernel
+            B, C = shape[0], shape[1]
+            g = torch.matmul(w.reshape(w.shape[0], C).t(), s.reshape(B, s.shape[1], -1))
+            if m.stride == (1, 1):
+                return g.view(shape)
+            out = s.new_zeros(shape)
+            out[:, :, ::m.stride[0], ::m.stride[1]] = g.view(B, C, *s.shape[2:])
+            return out
+        # a real (uninitialised) input tensor: conv2d_input's expanded one is copied to contiguous
+        return torch.ops.aten.convolution_backward(
+            s, s.new_empty(shape), w, None, m.stride, m.padding, m.dilation, False, (0, 0), m.groups,
+            (True, False, False))[0]
 
 
 class Rule:
@@ -122,15 +203,14 @@ class AlphaBeta(Rule):
         self.alpha, self.beta, self.bias = alpha, beta, bias
 
     def _part(self, lin: _Linear, x: Tensor, R: Tensor, positive: bool, with_z: bool = False):
-        w = lin.weight
         # after a ReLU the negative inputs are all zero: skip their convolutions
         has_neg = bool(x.min() < 0)
         xp = x.clamp(min=0) if has_neg else x
-        w_pos_in = w.clamp(min=0) if positive else w.clamp(max=0)
+        w_pos_in = lin.part("+", _positive) if positive else lin.part("-", _negative)
         z = lin.forward(xp, w_pos_in)
         if has_neg:
             xn = x.clamp(max=0)
-            w_neg_in = w.clamp(max=0) if positive else w.clamp(min=0)
+            w_neg_in = lin.part("-", _negative) if positive else lin.part("+", _positive)
             z.add_(lin.forward(xn, w_neg_in))
         if self.bias and lin.bias is not None:
             b = lin.bias.clamp(min=0) if positive else lin.bias.clamp(max=0)
@@ -261,7 +341,7 @@ class ZBeta(Rule):
         lin = _Linear(module)
         low, high = self.bounds(x)
         w = lin.weight
-        wp, wn = w.clamp(min=0), w.clamp(max=0)
+        wp, wn = lin.part("+", _positive), lin.part("-", _negative)
         z = lin.forward(x, w) - self._bound_term(lin, low, high, wp, wn, x)
         if self.bias and lin.bias is not None:
             z = z + lin.bias.view(1, -1, *([1] * (z.dim() - 2)))
@@ -269,7 +349,8 @@ class ZBeta(Rule):
         if isinstance(lin.module, nn.Conv2d) and lin.module.groups == 1:
             # the three transposes as one: the weights stacked along the input channels
             c = x.shape[1]
-            g = lin.transpose(s, torch.cat([w, wp, wn], 1), (x.shape[0], 3 * c, *x.shape[2:]))
+            stacked = lin.part("w,+,-", lambda v: torch.cat([v, v.clamp(min=0), v.clamp(max=0)], 1))
+            g = lin.transpose(s, stacked, (x.shape[0], 3 * c, *x.shape[2:]))
             gx, gl, gh = g.split(c, 1)
         else:
             gx, gl, gh = (lin.transpose(s, v, x.shape) for v in (w, wp, wn))
@@ -283,8 +364,10 @@ class ZBeta(Rule):
         one = (1, *x.shape[1:])
         per_image = all(n == 1 for n in low.shape[1:]) and all(n == 1 for n in high.shape[1:])
         if per_image and low.dim() == x.dim() and high.dim() == x.dim():
-            ones = x.new_ones(one)
-            lw, hw = lin.forward(ones, wp), lin.forward(ones, wn)
+            # a function of the weight and the input's size alone: cached with the weight parts
+            key = (tuple(one), x.dtype, x.device)
+            lw = lin.part(("ones*w+", key), lambda v: lin.forward(x.new_ones(one), v.clamp(min=0)))
+            hw = lin.part(("ones*w-", key), lambda v: lin.forward(x.new_ones(one), v.clamp(max=0)))
             pad = (1,) * (lw.dim() - 1)
             return lw * low.reshape(-1, *pad) + hw * high.reshape(-1, *pad)
         if low.dim() == x.dim() and high.dim() == x.dim() and low.shape[0] == 1 and high.shape[0] == 1:
@@ -297,6 +380,17 @@ def _vjp(fn: Callable[[Tensor], Tensor], x: Tensor, s: Tensor) -> Tensor:
         xg = x.detach().requires_grad_(True)
         (g,) = torch.autograd.grad(fn(xg), xg, s)
     return g
+
+
+def max_pool_indices(x: Tensor, kernel_size: Any, stride: Any, padding: Any) -> tuple[Tensor, Tensor]:
+    """``F.max_pool2d(..., return_indices=True)`` (indices within each H x W plane), run in
+    channels-last on CPU, where the contiguous kernel is about 10x slower; the same values
+    and indices (each window scanned in the same order), returned contiguous."""
+    if x.device.type == "cpu" and x.dim() == 4:
+        z, idx = F.max_pool2d(x.contiguous(memory_format=torch.channels_last), kernel_size, stride, padding,
+                              return_indices=True)
+        return z.contiguous(), idx.contiguous()
+    return F.max_pool2d(x, kernel_size, stride, padding, return_indices=True)
 
 
 class PoolZ(Rule):
@@ -317,8 +411,8 @@ class PoolZ(Rule):
     def __call__(self, module, x, R):
         xp = x.clamp(min=0)
         if isinstance(module, nn.MaxPool2d) and not module.ceil_mode and module.dilation in (1, (1, 1)):
-            z, idx = F.max_pool2d(xp, module.kernel_size, module.stride, module.padding, return_indices=True)
-            out = torch.zeros_like(xp).flatten(2)
+            z, idx = max_pool_indices(xp, module.kernel_size, module.stride, module.padding)
+            out = torch.zeros(xp.shape, dtype=xp.dtype, device=xp.device).flatten(2)
             keep = (z != 0).to(R.dtype)  # 0/0 -> 0, as in the z-rule
             out.scatter_add_(2, idx.flatten(2), (R * keep).flatten(2))
             out = out.view_as(xp)
@@ -383,14 +477,17 @@ class Sum(Rule):
         z = parts[0] + parts[1]
         for x in parts[2:]:
             z = z + x
-        sign = z.ge_(0).to(R.dtype).mul_(2).sub_(1)  # +1 where the sum is >= 0, else -1 (z is done)
-        # twice the part of each operand with the sum's sign (in place unless it broadcasts)
-        nums = [x.abs().mul_(sign).add_(x) if x.shape == sign.shape else (x.abs() * sign).add_(x) for x in parts]
+        # +1 where the sum is >= 0, else -1, in one pass; a sum of -0 only arises where every
+        # operand is 0, and those get equal shares whatever the sign
+        sign = torch.copysign(R.new_ones(()), z).to(R.dtype)
+        # twice the part of each operand with the sum's sign
+        nums = [torch.addcmul(x, x.abs(), sign) for x in parts]
         den = nums[0] + nums[1]
         for num in nums[2:]:
             den = den + num
-        even = den == 0  # every operand 0: equal shares
-        spread = bool(even.any())
+        # every operand 0: equal shares (counting zeros is cheaper than a boolean mask)
+        spread = int(torch.count_nonzero(den)) < den.numel()
+        even = den == 0 if spread else None
         s = torch.div(R, den, out=den).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
         for k, x, num in zip(live, parts, nums):
             share = num.mul_(s) if num.shape == s.shape else num * s
