@@ -1,7 +1,7 @@
 """The ``fgcam`` command line: explain image files, or run the evaluation.
 
     fgcam explain cat.jpg photos/ "more/*.png" --model bundled --method fg_grad_cam --layer 13 --out explanations
-    fgcam evaluate --model bundled --data benchmark:test --n 8      # the evaluation runner
+    fgcam evaluate --model bundled --data benchmark:test --num-images 8   # the evaluation runner
     fgcam --help
 
 ``explain`` writes, per image, ``<stem>_<method>_<layer>.png`` (the image, the map over it
