@@ -20,6 +20,9 @@ runs (contention only ever adds time), and on CPU of process CPU times (all thre
 On a loaded machine ``--threads 1`` gives the steadiest ratios: with several threads one
 descheduled thread stalls the others at every barrier.
 
+``--channels-last`` converts the model and the input to channels-last for every row,
+forward+backward included, so the ratios compare like with like.
+
 ``--memory`` adds each row's peak memory: one call in a fresh subprocess (model and
 explainer built first); on CPU the peak RSS during the call minus the RSS before it
 (``VmHWM`` from ``/proc/self/status``, reset before the call), on CUDA
@@ -103,9 +106,15 @@ class Result:
     peak_note: str = ""
 
 
-def build_model(name: str, device: torch.device) -> torch.nn.Module:
+def build_model(name: str, device: torch.device, channels_last: bool = False) -> torch.nn.Module:
     torch.manual_seed(0)
-    return getattr(torchvision.models, name)().eval().to(device)
+    model = getattr(torchvision.models, name)().eval().to(device)
+    return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
+def make_input(batch: int, size: int, device: torch.device, channels_last: bool = False) -> torch.Tensor:
+    x = torch.randn(batch, 3, size, size, device=device)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
 def _sync(device: torch.device) -> None:
@@ -241,10 +250,10 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-def _child(spec: str, size: int, device: torch.device, score_cam: bool) -> None:
+def _child(spec: str, size: int, device: torch.device, score_cam: bool, channels_last: bool = False) -> None:
     name, batch, key = spec.split(":")
-    model = build_model(name, device)
-    x = torch.randn(int(batch), 3, size, size, device=device)
+    model = build_model(name, device, channels_last)
+    x = make_input(int(batch), size, device, channels_last)
     rows = build_rows(name, model, x, device, score_cam, only={key})
     fn = rows[key][1]
     gc.collect()
@@ -273,6 +282,8 @@ def measure_memory(name: str, batch: int, key: str, args, device: torch.device) 
            "--size", str(args.size), "--device", device.type]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
+    if args.channels_last:
+        cmd += ["--channels-last"]
     if args.score_cam_batches:
         cmd += ["--score-cam-batches", *map(str, args.score_cam_batches)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -286,8 +297,8 @@ def measure_memory(name: str, batch: int, key: str, args, device: torch.device) 
 # -- report --------------------------------------------------------------------------------------
 
 def bench(name: str, batch: int, args, device: torch.device) -> list[Result]:
-    model = build_model(name, device)
-    x = torch.randn(batch, 3, args.size, args.size, device=device)
+    model = build_model(name, device, args.channels_last)
+    x = make_input(batch, args.size, device, args.channels_last)
     score_cam = batch in args.score_cam_batches
     only = set(args.rows) if args.rows else None
     rows = build_rows(name, model, x, device, score_cam, only)
@@ -381,6 +392,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--device", choices=["cpu", "cuda"], default=None,
                     help="default: cpu, and cuda too when present")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    ap.add_argument("--channels-last", action="store_true",
+                    help="model and input in channels-last memory format, for every row")
     ap.add_argument("--memory", action="store_true", help="peak memory per row (one fresh subprocess per row)")
     ap.add_argument("--rows", type=_list(str), default=None,
                     help="only these rows (forward+backward always runs): " + ",".join(LABELS))
@@ -393,7 +406,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args._child:
-        _child(args._child, args.size, torch.device(args.device or "cpu"), bool(args.score_cam_batches))
+        _child(args._child, args.size, torch.device(args.device or "cpu"), bool(args.score_cam_batches),
+               args.channels_last)
         return
     unknown = [m for m in args.models if m not in FOUR_LAYERS]
     if unknown:
@@ -402,7 +416,8 @@ def main(argv: list[str] | None = None) -> None:
         ap.error("--device cuda but CUDA is not available")
     devices = [args.device] if args.device else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, {torch.get_num_threads()} CPU threads, "
-          f"{os.cpu_count()} CPUs; {args.size}x{args.size}, {args.repeats} repeats", flush=True)
+          f"{os.cpu_count()} CPUs; {args.size}x{args.size}, {args.repeats} repeats"
+          + (", channels-last" if args.channels_last else ""), flush=True)
     results: list[Result] = []
     for dev in devices:
         device = torch.device(dev)

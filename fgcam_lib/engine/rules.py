@@ -485,10 +485,11 @@ class Sum(Rule):
         den = nums[0] + nums[1]
         for num in nums[2:]:
             den = den + num
-        # every operand 0: equal shares (counting zeros is cheaper than a boolean mask)
+        # every operand 0 (den == 0): equal shares, set below, so the division needs no clean-up;
+        # counting zeros is cheaper than a boolean mask
         spread = int(torch.count_nonzero(den)) < den.numel()
         even = den == 0 if spread else None
-        s = torch.div(R, den, out=den).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+        s = torch.div(R, den, out=den)
         for k, x, num in zip(live, parts, nums):
             share = num.mul_(s) if num.shape == s.shape else num * s
             if spread:
