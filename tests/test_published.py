@@ -166,3 +166,30 @@ def test_tables_cover_the_registry_order():
     assert P.TABLES == TABLES  # the same layouts as evaluate.summarize(table=k)
 
 
+
+
+def test_another_models_layers_stand_for_the_papers():
+    assert P.paper_layer_map(["layer3", "layer2", "layer1"]) == {"layer3": "33", "layer2": "23", "layer1": "13"}
+    with pytest.raises(ValueError, match="three CAM layers"):
+        P.paper_layer_map(["layer3", "input", "layer1"])
+    rows = pd.DataFrame({"layer": ["layer1", "layer3", "input"], "value": [1.0, 2.0, 3.0]})
+    assert list(P.to_paper_layers(rows, ["layer3", "layer2", "layer1"])["layer"]) == ["13", "33", "input"]
+    clash = pd.DataFrame({"layer": ["layer1", "13"], "value": [1.0, 2.0]})
+    with pytest.raises(ValueError, match="cannot also stand"):
+        P.to_paper_layers(clash, ["layer3", "layer2", "layer1"])
+
+
+def test_orderings_on_a_resnets_layers_and_per_split():
+    rng = np.random.default_rng(1)
+    base = rng.uniform(0.1, 0.3, 12)
+    test_rows = _rows({("fg_grad_cam", "layer1", "overall"): list(base + 0.2),
+                       ("grad_cam", "layer1", "overall"): list(base)})
+    checked = P.check_orderings(test_rows, None, ["layer3", "layer2", "layer1"])
+    row = checked.set_index("paper_claim").loc["FG-Grad-CAM@Layer13 > Grad-CAM@Layer13 on Over-all"]
+    assert row["claim"] == "FG-Grad-CAM@layer1 > Grad-CAM@layer1 on Over-all"
+    assert row["verdict"] == "holds" and row["clear"] and row["advantage"] == pytest.approx(0.2)
+    loc = checked[checked["table"].isin([3, 6])]
+    assert (loc["verdict"] == "not evaluated").all() and (loc["n"] == 0).all()  # no loc rows: never scored
+    table = P.orderings_table({"resnet": checked})
+    assert table.loc["FG-Grad-CAM@Layer13 > Grad-CAM@Layer13 on Over-all", "resnet"].startswith("holds, clear: +0.2")
+    assert (table.loc[table["table"] == 3, "resnet"] == P.NOT_RUN).all()
