@@ -11,6 +11,7 @@ from fgcam_lib import FGCAM
 from fgcam_lib.engine import INPUT, Sum, graph_of, residual_flow, residual_roles
 from fgcam_lib.engine.report import ResidualRoles
 from fgcam_lib.methods.fgcam import LRP
+from test_graph import HandResidual  # the hand-built identity block, shared with the graph tests
 
 torchvision = pytest.importorskip("torchvision")
 
@@ -25,19 +26,8 @@ def _set(module: nn.Module, weight) -> nn.Module:
     return module
 
 
-class IdentityBlock(nn.Module):
-    """s = relu(stem(x)) (1x1, w=1); y = relu(conv(s)) + s (1x3, w=[1,-1,2], pad 1); logits = W flatten(y)."""
-
-    def __init__(self):
-        super().__init__()
-        self.stem = _set(nn.Conv2d(1, 1, 1, bias=False), [1.0])
-        self.conv = _set(nn.Conv2d(1, 1, (1, 3), padding=(0, 1), bias=False), [1.0, -1.0, 2.0])
-        self.head = _set(nn.Linear(3, 2, bias=False), [[1.0, 1.0, 0.0], [0.0, 1.0, 1.0]])
-
-    def forward(self, x):
-        s = F.relu(self.stem(x))
-        y = F.relu(self.conv(s)) + s
-        return self.head(torch.flatten(y, 1))
+# s = relu(stem(x)) (1x1, w=1); y = relu(conv(s)) + s (1x3, w=[1,-1,2], pad 1); logits = W flatten(y)
+IdentityBlock = HandResidual
 
 
 class ProjectionBlock(nn.Module):
