@@ -2,7 +2,7 @@
 
 Command line (``python -m fgcam_lib.evaluation --help``, :mod:`.cli`)::
 
-    python -m fgcam_lib.evaluation --model bundled --data benchmark:test --n 500 \\
+    python -m fgcam_lib.evaluation --model bundled --data benchmark:test --num-images 500 \\
         --methods grad_cam,fg_grad_cam,lrp --layers 33,23,13,input \\
         --metrics adai,insdel,proportion --out results/bench.parquet
 
