@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["kind_of", "is_vgg_style", "ModuleOp", "CallOp", "ConstOp", "function_kind", "method_kind"]
+__all__ = ["kind_of", "is_vgg_style", "ModuleOp", "CallOp", "ConstOp", "function_kind", "method_kind", "channels_last_on_cpu"]
 
 Tensor = torch.Tensor
 
@@ -126,12 +126,18 @@ _OUT_OF_PLACE: dict[type, Callable[[nn.Module, Tensor], Tensor]] = {
 }
 
 
+def channels_last_on_cpu(fn: Callable[[Tensor], Any], x: Tensor) -> Any:
+    """``fn(x)`` for a contiguous CPU image batch run in channels-last, each output returned
+    contiguous. For max pools (with or without indices): about 10x faster there, and a max
+    moves no values, so outputs and indices are the same. Anything else: ``fn(x)``."""
+    if x.device.type != "cpu" or x.dim() != 4 or not x.is_contiguous():
+        return fn(x)
+    out = fn(x.contiguous(memory_format=torch.channels_last))
+    return tuple(t.contiguous() for t in out) if isinstance(out, tuple) else out.contiguous()
+
+
 def _max_pool(m: nn.MaxPool2d, x: Tensor) -> Tensor:
-    """A max pool of a contiguous CPU image batch, run in channels-last (about 10x faster there;
-    a max moves no values, so the output is the same) and returned contiguous."""
-    if x.device.type == "cpu" and x.dim() == 4 and x.is_contiguous():
-        return m(x.contiguous(memory_format=torch.channels_last)).contiguous()
-    return m(x)
+    return channels_last_on_cpu(m, x)
 
 
 class ModuleOp:

@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .ops import channels_last_on_cpu
+
 Tensor = torch.Tensor
 
 
@@ -382,17 +384,6 @@ def _vjp(fn: Callable[[Tensor], Tensor], x: Tensor, s: Tensor) -> Tensor:
     return g
 
 
-def max_pool_indices(x: Tensor, kernel_size: Any, stride: Any, padding: Any) -> tuple[Tensor, Tensor]:
-    """``F.max_pool2d(..., return_indices=True)`` (indices within each H x W plane), run in
-    channels-last on CPU, where the contiguous kernel is about 10x slower; the same values
-    and indices (each window scanned in the same order), returned contiguous."""
-    if x.device.type == "cpu" and x.dim() == 4:
-        z, idx = F.max_pool2d(x.contiguous(memory_format=torch.channels_last), kernel_size, stride, padding,
-                              return_indices=True)
-        return z.contiguous(), idx.contiguous()
-    return F.max_pool2d(x, kernel_size, stride, padding, return_indices=True)
-
-
 class PoolZ(Rule):
     """Pools: relevance in proportion to each (ReLU-clamped) input's share of the output.
 
@@ -411,7 +402,8 @@ class PoolZ(Rule):
     def __call__(self, module, x, R):
         xp = x.clamp(min=0)
         if isinstance(module, nn.MaxPool2d) and not module.ceil_mode and module.dilation in (1, (1, 1)):
-            z, idx = max_pool_indices(xp, module.kernel_size, module.stride, module.padding)
+            z, idx = channels_last_on_cpu(lambda t: F.max_pool2d(
+                t, module.kernel_size, module.stride, module.padding, return_indices=True), xp)
             out = torch.zeros(xp.shape, dtype=xp.dtype, device=xp.device).flatten(2)
             keep = (z != 0).to(R.dtype)  # 0/0 -> 0, as in the z-rule
             out.scatter_add_(2, idx.flatten(2), (R * keep).flatten(2))
