@@ -335,7 +335,7 @@ class Explorer:
         (the input stays the input; none at that resolution: the input)."""
         if is_input_layer(layer):
             return new.layers[-1]
-        width = int(self._shapes[self.graph.position(layer)][-1])
+        width = self._loaded[self.model_name].width(layer)
         return next((known for known in new.layers if not is_input_layer(known) and new.width(known) == width),
                     new.layers[-1])
 

@@ -19,6 +19,8 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from ..data.models import BUNDLED_MODELS
+
 __all__ = ["default_images", "as_image_tensor", "image_name", "class_names_of", "BUNDLED", "MODEL_LABELS",
            "ModelLoader", "bundled_models", "model_label"]
 
@@ -26,7 +28,7 @@ Tensor = torch.Tensor
 #: a zero-argument function that returns ``(model, preprocess)``
 ModelLoader = Callable[[], "tuple[nn.Module, Any]"]
 #: the bundled models, in the order of the explorer's model menu
-BUNDLED: tuple[str, ...] = ("bundled", "bundled_vgg16bn_fc", "bundled_resnet")
+BUNDLED: tuple[str, ...] = tuple(BUNDLED_MODELS)
 #: model name -> what the model menu says about it
 MODEL_LABELS: dict[str, str] = {
     "bundled": "bundled: VGG16-BN, GAP + linear",
