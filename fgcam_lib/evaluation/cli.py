@@ -189,7 +189,7 @@ def _run(args: argparse.Namespace, ranks: Ranks) -> int:
 
     from ..data.models import WeightsNotFoundError
 
-    say = (lambda *a, **k: print(*a, **k)) if ranks.main else (lambda *a, **k: None)
+    say = print if ranks.main else (lambda *a, **k: None)
     methods = _split_list(args.methods)
     try:
         check_request(methods, _split_list(args.metrics))
@@ -270,8 +270,7 @@ def _ties(args: argparse.Namespace, ranks: Ranks, model: nn.Module, preprocess: 
         return 2
     seeds = [int(s) for s in _split_list(args.tie_seeds)]
     for name, ds, n, metrics in plan:
-        out = None if args.no_save else (args.out or results_path(name, model).with_name(
-            "ties_" + results_path(name, model).name.removeprefix("bench_")))
+        out = None if args.no_save else (args.out or results_path(name, model, prefix="ties"))
         if out is not None:
             print(f"{name}: rows go to {out} (a rerun resumes from there)", file=sys.stderr)
         rows = tie_rows(model, preprocess, ds, methods, layers, metrics, seeds=seeds, n=n, out=out,

@@ -48,12 +48,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from . import metrics as M
 from ..catalogue import METRIC_GROUPS, METRIC_LABELS, PAPER_LAYERS, layer_key
 from ..methods.registry import METHODS, is_signed, make_explainer, supports
 from .batch import Batch, dataset_image_ids, load_batch
 from .distributed import SINGLE, Ranks
-from .scoring import CleanLogitsCache, at_precision, check_metrics, score_maps
+from .scoring import CleanLogitsCache, at_precision, check_metrics, clean_pass, score_maps
 from .store import COLUMNS, DTYPES, ResultStore, empty_rows, model_fingerprint, read_results, typed_rows
 from .tables import TABLES, format_table, summarize, table_number, throughput_table
 
@@ -273,12 +272,8 @@ def _evaluate_batch(model: nn.Module, metric_model: nn.Module, batch: Batch, exp
     is not float32), one blurred baseline (B x 3 x S x S) and one explainer call per method
     (all its missing layers); returns tidy-row columns.
     """
-    with torch.no_grad():  # not inference_mode: the targets index into the explainers' autograd graphs
-        logits = model(batch.x)
-    with torch.inference_mode():
-        metric_logits = logits if metric_model is model else metric_model(batch.x)
+    logits, cached, base = clean_pass(model, batch.x, metric_model)
     t = _targets(target, logits, batch.labels)
-    cached, base = CleanLogitsCache(metric_model, batch.x, metric_logits), M.blur_baseline(batch.x)
     cols: dict[str, list] = {c: [] for c in COLUMNS}
     for method, explainer in explainers.items():
         todo = {l: [g for g in plan.groups if any(plan.missing(i, method, l, g) for i in batch.ids)]

@@ -21,7 +21,8 @@ from . import metrics as M
 from ..catalogue import METRIC_GROUPS
 from .batch import Batch
 
-__all__ = ["CleanLogitsCache", "AtPrecision", "PRECISIONS", "at_precision", "score_maps", "check_metrics"]
+__all__ = ["CleanLogitsCache", "AtPrecision", "PRECISIONS", "at_precision", "clean_pass", "score_maps",
+           "check_metrics"]
 
 #: ``--precision`` values: the autocast dtype of the metrics' forward passes (None: float32, no autocast)
 PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -84,7 +85,7 @@ class AtPrecision(nn.Module):
 
     The metrics run hundreds of forward passes per map (insertion/deletion: 226); on a GPU
     bfloat16 / float16 autocast runs them on tensor cores. How far each metric moves
-    against float32 is measured by ``benchmarks/bench_precision.py``. Explanations are not
+    against float32 is measured by ``benchmarks/bench_scale.py precision``. Explanations are not
     affected: the runner computes them in the model's own precision.
 
         >>> fast = AtPrecision(model, torch.bfloat16)
@@ -108,6 +109,24 @@ def at_precision(model: nn.Module, precision: str = "fp32") -> nn.Module:
         raise ValueError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
     dtype = PRECISIONS[precision]
     return model if dtype is None else AtPrecision(model, dtype)
+
+
+def clean_pass(model: nn.Module, x: Tensor, metric_model: nn.Module | None = None) -> tuple[Tensor, CleanLogitsCache, Tensor]:
+    """What every map of a batch shares: ``(logits, cache, baseline)``.
+
+    ``logits``: the clean B x K logits (under ``no_grad``, not ``inference_mode``: targets taken
+    from them index into the explainers' autograd graphs); ``cache``: ``metric_model`` (default
+    ``model``; e.g. :func:`at_precision`'s) answering the clean batch from its own clean pass;
+    ``baseline``: the blurred images.
+    """
+    with torch.no_grad():
+        logits = model(x)
+    if metric_model is None or metric_model is model:
+        cache = CleanLogitsCache(model, x, logits)
+    else:
+        with torch.inference_mode():
+            cache = CleanLogitsCache(metric_model, x, metric_model(x))
+    return logits, cache, M.blur_baseline(x)
 
 
 def check_metrics(metrics: Sequence[str]) -> None:

@@ -131,14 +131,16 @@ def model_fingerprint(model: "nn.Module", length: int = 10) -> str:
     return h.hexdigest()[:length]
 
 
-def results_path(split: str, model: "nn.Module", root: str | Path = "results", suffix: str = ".parquet") -> Path:
-    """Where a run's rows go: ``<root>/bench_<split>_<model fingerprint><suffix>``.
+def results_path(split: str, model: "nn.Module", root: str | Path = "results", suffix: str = ".parquet",
+                 prefix: str = "bench") -> Path:
+    """Where a run's rows go: ``<root>/<prefix>_<split>_<model fingerprint><suffix>`` (``prefix``
+    ``"ties"`` for the tie-seed rows).
 
     The fingerprint keeps the rows of different checkpoints apart, since a resumed run
     reuses every stored row whose (image, method, layer, metric) matches.
     """
     safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in split)
-    return Path(root) / f"bench_{safe}_{model_fingerprint(model)}{suffix}"
+    return Path(root) / f"{prefix}_{safe}_{model_fingerprint(model)}{suffix}"
 
 
 def stored_prefix(out: str | Path, data: str, methods: Sequence[str], layers: Sequence[str],

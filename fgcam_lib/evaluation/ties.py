@@ -17,14 +17,12 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any, Sequence
 
-import torch
 from torch import nn
 
-from . import metrics as M
 from ..catalogue import layer_key
 from ..methods.registry import is_signed, make_explainer, supports
 from .batch import dataset_image_ids, load_batch
-from .scoring import CleanLogitsCache, check_metrics, score_maps
+from .scoring import check_metrics, clean_pass, score_maps
 from .store import ResultStore, model_fingerprint, typed_rows
 
 if TYPE_CHECKING:
@@ -63,10 +61,8 @@ def tie_rows(model: nn.Module, preprocess: Any, dataset: Any, methods: Sequence[
     chunks = [todo[s:s + batch_size] for s in range(0, len(todo), batch_size)]
     for chunk in tqdm(chunks, desc="tie seeds", unit="batch", disable=not progress):
         batch = load_batch(dataset, preprocess, indices=chunk, ids=[ids[j] for j in chunk], device=device)
-        with torch.no_grad():
-            logits = model(batch.x)
+        logits, cached, base = clean_pass(model, batch.x)
         t = logits.argmax(1)
-        cached, base = CleanLogitsCache(model, batch.x, logits), M.blur_baseline(batch.x)
         rows = []
         for method, explainer in explainers.items():
             mine = [k for m, k in pairs if m == method]
@@ -96,7 +92,7 @@ def tie_spread(rows: "pd.DataFrame") -> "pd.DataFrame":
     wide = rows.pivot_table(index=["method", "layer", "metric", "image_id"], columns="seed", values="value",
                             aggfunc="first").dropna()
     means = wide.groupby(level=["method", "layer", "metric"], sort=False).mean()
-    means.columns = [f"mean_seed{s}" for s in means.columns]
+    means.columns = [f"mean_seed{int(s)}" for s in means.columns]
     per_image = (wide.max(axis=1) - wide.min(axis=1)).groupby(level=["method", "layer", "metric"], sort=False)
     out = means.assign(spread=means.max(axis=1) - means.min(axis=1), max_image=per_image.max(),
                        n=per_image.size())
