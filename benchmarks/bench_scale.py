@@ -189,6 +189,9 @@ def bench_precision(device: torch.device, n: int, methods: list[str], precisions
 # --------------------------------------------------------------------- (c) projection
 #: the paper's protocol: (images, methods, layers) per faithfulness table, and the localization one
 PROTOCOL = {"faith_images": 2000, "loc_images": 500, "cam_methods": 7, "cam_layers": 3, "input_methods": 7}
+#: masked passes per image for the Score-CAM family on VGG16-BN: Score-CAM's channels at layers 33/23/13,
+#: and the 512 channels of layer 43 for FG-Score-CAM with and without denoising (one call per image each)
+SCORE_CAM_MASKS = (512 + 256 + 128) + 2 * 512
 
 
 def bench_project(device: torch.device, batch: int, metric_batch: int, repeats: int, gpus: int) -> dict[str, Any]:
@@ -196,8 +199,8 @@ def bench_project(device: torch.device, batch: int, metric_batch: int, repeats: 
 
     Per image: the explainers (one FG-Grad-CAM call at all layers as the cost of a CAM-family
     map, measured), and per map 1 forward pass for A.D./A.I. and 226 for insertion/deletion
-    (2 x 113 steps). Score-CAM's 512 masked passes per image and layer are counted as forward
-    passes. Localization needs the maps only.
+    (2 x 113 steps). The Score-CAM family's masked passes (:data:`SCORE_CAM_MASKS` per image)
+    are counted as forward passes. Localization needs the maps only.
     """
     model = _vgg(device)
     g = torch.Generator().manual_seed(0)
@@ -216,7 +219,7 @@ def bench_project(device: torch.device, batch: int, metric_batch: int, repeats: 
     per_pass, per_explain = t["forward"] / metric_batch, t["explain"] / batch
     p = PROTOCOL
     maps = p["faith_images"] * (p["cam_methods"] * p["cam_layers"] + p["input_methods"])
-    passes = maps * (1 + 226) + p["faith_images"] * 512 * 4  # + Score-CAM weights: 2 methods' layers, roughly
+    passes = maps * (1 + 226) + p["faith_images"] * SCORE_CAM_MASKS
     explains = (p["faith_images"] + p["loc_images"]) * 10  # ten methods, each one call per image
     seconds = passes * per_pass + explains * per_explain
     return {"bench": "project", "device": _device_name(device), "forward_passes": passes,
