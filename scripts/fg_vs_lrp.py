@@ -17,7 +17,6 @@ for name, layers in [("bundled", ["13", "input"]), ("bundled_vgg16bn_fc", ["13",
     with torch.no_grad():
         t = model(b.x).argmax(1)
     for layer in layers:
-        signed = layer == "input"
         fg = make_explainer("fg_grad_cam", model, preprocess=pre)(b.x, t, layer=layer, signed=True).flatten(1)
         lrp = make_explainer("lrp", model, preprocess=pre)(b.x, t, layer=layer, signed=True).flatten(1)
         cos = torch.nn.functional.cosine_similarity(fg, lrp, dim=1).double().numpy()
