@@ -352,8 +352,8 @@ def test_clear_errors(tiny_vgg, images):
         FGCAM(tiny_vgg, denoise=True)
     with pytest.raises(ValueError, match="Score-CAM variant"):
         FGCAM(tiny_vgg, base="score_cam", score_cam_variant="x")
-    bad = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Upsample(scale_factor=2), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 36, 2))
-    with pytest.raises(TypeError, match="no rule for layer '1' \\(Upsample\\)"):
+    bad = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Softmax2d(), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 9, 2))
+    with pytest.raises(TypeError, match="no rule for layer '1' \\(Softmax2d\\)"):
         FGCAM(bad)(torch.randn(1, 3, 5, 5))
 
 
@@ -397,7 +397,34 @@ def test_zplus_leaks_where_no_contribution_is_positive_and_the_conservative_vari
     cons = ZPlus(conservative=True)(conv, x, R)
     # the first output's relevance goes to its negative contributions -1 and -4: shares 1/5 and 4/5
     assert torch.allclose(cons, torch.tensor([[[[0.2, 0.8, 1.0]]]]))
-    assert ZPlus(conservative=True).conserves
+    assert ZPlus(conservative=True).guarantee == "where any input contributes"
+    assert ZPlus().guarantee == "where an input contributes positively" and not ZPlus().conserves
+    assert ZPlus(flat=True).conserves and ZPlus(bias=True, flat=True).guarantee == "no"
+
+
+def test_zplus_flat_spreads_an_output_no_input_contributes_to():
+    # the shift case: the first output's window holds only zeros (its value would be the BN shift
+    # alone), the second's a zero and a 3
+    conv = nn.Conv2d(1, 1, (1, 2), bias=False)
+    conv.weight.data = torch.tensor([[[[1.0, 2.0]]]])
+    x = torch.tensor([[[[0.0, 0.0, 3.0]]]])
+    R = torch.tensor([[[[1.0, 2.0]]]])
+    assert torch.allclose(ZPlus()(conv, x, R), torch.tensor([[[[0.0, 0.0, 2.0]]]]))
+    # flat: the first output's 1 goes half and half over its window; the second's by z+
+    assert torch.allclose(ZPlus(flat=True)(conv, x, R), torch.tensor([[[[0.5, 0.5, 2.0]]]]))
+    # negative contributions first, then flat for what is left
+    x2 = torch.tensor([[[[0.0, 0.0, -3.0]]]])  # outputs 0 (nothing), -6 (negative only)
+    got = ZPlus(conservative=True, flat=True)(conv, x2, R)
+    assert torch.allclose(got, torch.tensor([[[[0.5, 0.5, 2.0]]]]))
+
+
+def test_zplus_flat_skips_zero_padding():
+    # a 3-wide window over a padded border: the flat share goes to the two real positions only
+    conv = nn.Conv2d(1, 1, (1, 3), padding=(0, 1), bias=False)
+    conv.weight.data = torch.tensor([[[[1.0, 1.0, 1.0]]]])
+    x = torch.zeros(1, 1, 1, 2)
+    R = torch.tensor([[[[1.0, 0.0]]]])
+    assert torch.allclose(ZPlus(flat=True)(conv, x, R), torch.tensor([[[[0.5, 0.5]]]]))
 
 
 def test_conservative_pool_shares_all_negative_windows():

@@ -24,29 +24,40 @@ Tensor = torch.Tensor
 # Op kinds: what a preset maps to a rule
 # ----------------------------------------------------------------------------------
 _MODULE_KINDS: list[tuple[str, tuple[type, ...]]] = [
-    ("conv", (nn.Conv2d,)),
+    ("conv", (nn.Conv1d, nn.Conv2d)),
     ("linear", (nn.Linear,)),
-    ("maxpool", (nn.MaxPool2d, nn.AdaptiveMaxPool2d)),
-    ("avgpool", (nn.AvgPool2d, nn.AdaptiveAvgPool2d)),
-    ("bn", (nn.BatchNorm2d,)),
+    ("maxpool", (nn.MaxPool1d, nn.MaxPool2d, nn.AdaptiveMaxPool2d)),
+    ("avgpool", (nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)),
+    ("bn", (nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm)),
     ("relu", (nn.ReLU,)),
     ("act", (nn.ReLU6, nn.Hardswish, nn.Hardsigmoid, nn.SiLU, nn.GELU, nn.LeakyReLU, nn.ELU, nn.Hardtanh,
-             nn.Mish, nn.Sigmoid, nn.Tanh, nn.PReLU)),
-    ("norm", (nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)),
-    ("reshape", (nn.Flatten, nn.Unflatten)),
+             nn.Mish, nn.Sigmoid, nn.Tanh, nn.PReLU, nn.Softmax, nn.SELU, nn.CELU, nn.Softplus)),
+    ("norm", (nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm, nn.InstanceNorm2d, nn.RMSNorm)),
+    ("pad", (nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d)),
+    ("upsample", (nn.Upsample,)),
+    ("reshape", (nn.Flatten, nn.Unflatten, nn.ChannelShuffle, nn.PixelShuffle, nn.PixelUnshuffle)),
     ("other", (nn.Dropout, nn.Dropout2d, nn.AlphaDropout, nn.Identity)),
 ]
 
 _ACTIVATION_FUNCTIONS = {F.relu6, F.hardswish, F.hardsigmoid, F.silu, F.gelu, F.leaky_relu, F.elu, F.hardtanh,
-                         F.mish, torch.sigmoid, torch.tanh, F.sigmoid, F.tanh}
+                         F.mish, torch.sigmoid, torch.tanh, F.sigmoid, F.tanh, F.softmax, torch.softmax, F.selu,
+                         F.celu, F.softplus, operator.pow, torch.pow, torch.square, torch.exp}
 
 
 def _function_kinds() -> dict[Any, str]:
     kinds: dict[Any, str] = {}
-    for fn in (operator.add, operator.iadd, torch.add):
+    for fn in (operator.add, operator.iadd, torch.add, operator.sub, operator.isub, torch.sub):
         kinds[fn] = "add"
-    for fn in (operator.mul, operator.imul, torch.mul, operator.truediv, operator.itruediv, torch.div):
+    for fn in (operator.mul, operator.imul, torch.mul, operator.truediv, operator.itruediv, torch.div,
+               torch.addcmul):
         kinds[fn] = "mul"
+    for fn in (F.conv1d, F.conv2d):
+        kinds[fn] = "conv"
+    kinds[F.linear] = "linear"
+    kinds[F.batch_norm] = "bn"
+    kinds[F.pad] = "pad"
+    kinds[F.interpolate] = "upsample"
+    kinds[torch.sum] = "sum"
     for fn in (F.relu, torch.relu):
         kinds[fn] = "relu"
     for fn in _ACTIVATION_FUNCTIONS:
@@ -56,13 +67,14 @@ def _function_kinds() -> dict[Any, str]:
     for fn in (F.max_pool2d, F.adaptive_max_pool2d):
         kinds[fn] = "maxpool"
     for fn in (torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze, torch.permute, torch.transpose,
-               operator.getitem):
+               operator.getitem, torch.channel_shuffle, F.pixel_shuffle, F.pixel_unshuffle, torch.roll,
+               torch.swapaxes, torch.movedim):
         kinds[fn] = "reshape"
     kinds[torch.cat] = "cat"
     kinds[torch.concat] = "cat"
     for fn in (torch.chunk, torch.split, torch.unbind):
         kinds[fn] = "split"
-    for fn in (F.layer_norm, F.group_norm):
+    for fn in (F.layer_norm, F.group_norm, F.instance_norm, F.rms_norm, F.local_response_norm):
         kinds[fn] = "norm"
     for fn in (F.dropout, F.dropout2d):
         kinds[fn] = "other"
@@ -88,9 +100,11 @@ def method_kind(name: str) -> str | None:
     return _METHOD_KINDS.get(name)
 
 _METHOD_KINDS = {
-    "add": "add", "mul": "mul", "div": "mul", "relu": "relu", "sigmoid": "act", "tanh": "act",
-    "mean": "avgpool", "flatten": "reshape", "view": "reshape", "reshape": "reshape", "squeeze": "reshape",
-    "unsqueeze": "reshape", "permute": "reshape", "transpose": "reshape", "contiguous": "reshape",
+    "add": "add", "sub": "add", "mul": "mul", "div": "mul", "addcmul": "mul", "relu": "relu", "sigmoid": "act",
+    "tanh": "act", "softmax": "act", "pow": "act", "square": "act", "exp": "act",
+    "mean": "avgpool", "sum": "sum", "flatten": "reshape", "view": "reshape", "reshape": "reshape",
+    "squeeze": "reshape", "unsqueeze": "reshape", "permute": "reshape", "transpose": "reshape",
+    "contiguous": "reshape", "swapaxes": "reshape", "movedim": "reshape", "roll": "reshape", "expand": "reshape",
     "chunk": "split", "split": "split", "unbind": "split",
 }
 
@@ -166,15 +180,15 @@ class Slot:
         self.i = i
 
 
-def _fill(a: Any, vals: tuple) -> Any:
+def fill(a: Any, vals: tuple) -> Any:
     if isinstance(a, Slot):
         return vals[a.i]
     if isinstance(a, (list, tuple)):
-        return type(a)(_fill(v, vals) for v in a)
+        return type(a)(fill(v, vals) for v in a)
     if isinstance(a, dict):
-        return {k: _fill(v, vals) for k, v in a.items()}
+        return {k: fill(v, vals) for k, v in a.items()}
     if isinstance(a, slice):
-        return slice(_fill(a.start, vals), _fill(a.stop, vals), _fill(a.step, vals))
+        return slice(fill(a.start, vals), fill(a.stop, vals), fill(a.step, vals))
     return a
 
 
@@ -185,7 +199,7 @@ class CallOp:
         self.fn, self.args, self.kwargs, self.label = fn, args, kwargs, label
 
     def __call__(self, *vals: Any) -> Any:
-        return self.fn(*_fill(self.args, vals), **_fill(self.kwargs, vals))
+        return self.fn(*fill(self.args, vals), **fill(self.kwargs, vals))
 
     def arg(self, position: int, name: str, default: Any = None) -> Any:
         """A literal argument, by position (after the tensor) or keyword."""

@@ -18,26 +18,32 @@ import torch
 from torch import nn
 
 from .graph import INPUT, Graph
-from .rules import Folded, Gate, Missing, Pass, PoolZ, Route, Rule, Split, Sum, ZBeta, ZPlus, channel_bounds, image_bounds
+from .ops import CallOp, fill
+from .rules import Gate, Missing, Pass, PoolZ, Reduce, Route, Rule, Split, Sum, ZBeta, ZPlus, channel_bounds, image_bounds
+from .weighted import Weighted, bn_parts, fold_bn, functional_weighted, weighted_of
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 #: op kind -> what it covers
 KINDS: dict[str, str] = {
-    "conv": "Conv2d (grouped and depthwise too)",
-    "linear": "Linear",
+    "conv": "Conv1d/Conv2d (grouped and depthwise too), F.conv2d with a parameter or computed weight, "
+            "convs that pad themselves (TF 'same')",
+    "linear": "Linear, F.linear",
     "maxpool": "max pools, module or functional",
     "avgpool": "average pools (adaptive too), x.mean over space",
-    "bn": "BatchNorm2d",
+    "bn": "BatchNorm, F.batch_norm, timm's BatchNormAct2d",
     "relu": "ReLU, F.relu",
-    "act": "ReLU6, Hardswish, SiLU, GELU, LeakyReLU, ELU, sigmoids",
-    "norm": "LayerNorm (LayerNorm2d), GroupNorm",
-    "add": "a + b (residual connections)",
-    "mul": "x * s: squeeze-excitation gates, layer scale, constant factors",
+    "act": "ReLU6, Hardswish, SiLU, GELU, LeakyReLU, ELU, sigmoids, x ** 2, softmax (a gate's)",
+    "norm": "LayerNorm (LayerNorm2d), GroupNorm, InstanceNorm, RMSNorm, functional forms",
+    "add": "a + b, a - b (residual connections)",
+    "mul": "x * s: squeeze-excitation gates, layer scale, constant factors, products of two signals",
+    "sum": "x.sum(dim), torch.sum: a sum over channels or branches",
+    "pad": "F.pad, ZeroPad2d, ConstantPad2d, ReflectionPad2d, ReplicationPad2d",
+    "upsample": "F.interpolate, nn.Upsample (nearest, bilinear)",
     "cat": "torch.cat",
     "split": "chunk, split, unbind",
-    "reshape": "flatten, view, reshape, permute, transpose, getitem",
+    "reshape": "flatten, view, reshape, permute, transpose, getitem, channel / pixel shuffles",
     "other": "Dropout, Identity, StochasticDepth (identity in eval)",
 }
 
@@ -112,6 +118,7 @@ def _is_name(graph: Graph, key: str) -> bool:
 _SHARED: dict[str, Rule] = {
     "bn": Pass(), "relu": Pass(), "act": Pass(), "norm": Pass(), "other": Pass(),
     "add": Sum(), "mul": Gate(), "cat": Route(), "split": Split(), "reshape": Route(),
+    "sum": Reduce(), "pad": Route(), "upsample": Route(),
 }
 
 
@@ -138,16 +145,19 @@ def canonical(
 ) -> Preset:
     """BN folded into the conv that feeds it (found by dataflow; a BN without one, as in
     DenseNet's BN -> ReLU -> conv, passes), z+ in hidden layers, z-beta with the per-channel
-    bounds of pixels in [0, 1] after normalisation. ``keep_bias=True`` keeps the (merged)
-    biases in the denominators, as zennit does by default; relevance then leaks."""
+    bounds of pixels in [0, 1] after normalisation. Outputs no input contributes to (their
+    value is the bias or the BN shift alone) spread their relevance flat over their window
+    (``ZPlus(flat=True)``, ``PoolZ(flat=True)``), so relevance is conserved at every layer.
+    ``keep_bias=True`` keeps the (merged) biases in the denominators, as zennit does by
+    default; relevance then leaks."""
     return Preset(
         "canonical",
         {
             "input": ZBeta(channel_bounds(mean, std), bias=keep_bias),
-            "conv": ZPlus(bias=keep_bias),
-            "linear": ZPlus(bias=keep_bias),
-            "maxpool": PoolZ(),
-            "avgpool": PoolZ(),
+            "conv": ZPlus(bias=keep_bias, flat=True),
+            "linear": ZPlus(bias=keep_bias, flat=True),
+            "maxpool": PoolZ(flat=True),
+            "avgpool": PoolZ(flat=True),
             **_SHARED,
         },
         merge_bn=True,
@@ -177,42 +187,142 @@ def get_preset(
     raise TypeError(f"rules must be a name, a Preset or a dict, not {type(rules).__name__}")
 
 
-def fold_bn(conv: nn.Module, bn: nn.BatchNorm2d) -> Folded:
-    """Conv followed by eval-mode BatchNorm as one conv: local tensors, the model untouched."""
-    scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps) if bn.affine else 1 / torch.sqrt(bn.running_var + bn.eps)
-    shift = (bn.bias.detach() if bn.affine else 0) - bn.running_mean * scale
-    w = conv.weight.detach() * scale.view(-1, *([1] * (conv.weight.dim() - 1)))
-    b = (conv.bias.detach() * scale if conv.bias is not None else 0) + shift
-    return Folded(conv, w, b)
-
-
 Bound = list[tuple[Any, Rule]]
+
+
+def constants(graph: Graph, wanted: Sequence[int]) -> dict[int, Any]:
+    """Values of the nodes in ``wanted`` that do not depend on the input (parameters, weights
+    computed from parameters), computed now; nodes that depend on it are left out."""
+    vals: dict[int, Any] = {}
+
+    def value(i: int) -> Any:
+        if i not in vals:
+            node = graph.nodes[i]
+            vals[i] = node.op(*(value(j) for j in node.inputs))
+        return vals[i]
+
+    out = {}
+    with torch.no_grad():
+        for i in wanted:
+            if i != INPUT and INPUT not in graph.ancestors(i):
+                out[i] = value(i)
+    return out
+
+
+def _call_values(graph: Graph, p: int, consts: dict[int, Any]) -> tuple[list, dict] | None:
+    """A call's arguments with every input but the first (the signal) filled in with its
+    constant value; None when one of them depends on the input."""
+    node = graph.nodes[p]
+    vals: list[Any] = []
+    for k, j in enumerate(node.inputs):
+        if k == 0:
+            vals.append(None)
+        elif j in consts:
+            vals.append(consts[j])
+        else:
+            return None
+    return list(fill(node.op.args, tuple(vals))), dict(fill(node.op.kwargs, tuple(vals)))
+
+
+def _weighted(graph: Graph, p: int, consts: dict[int, Any]) -> Weighted | None:
+    """The :class:`Weighted` of a conv/linear node: module, library conv leaf or functional call."""
+    node = graph.nodes[p]
+    if node.module is not None:
+        return weighted_of(node.module)
+    if isinstance(node.op, CallOp):
+        filled = _call_values(graph, p, consts)
+        if filled is None:
+            raise TypeError("its weight depends on the input (a dynamic convolution): no rule for it")
+        return functional_weighted(node.op.fn, *filled)
+    return None
+
+
+def _bn(graph: Graph, p: int, consts: dict[int, Any]) -> tuple[Any, Any] | None:
+    """An eval-mode BatchNorm node as ``(scale, shift)``, or None (training mode, not constant)."""
+    node = graph.nodes[p]
+    m = node.module
+    if m is not None:
+        if not hasattr(m, "running_mean") or m.running_mean is None:
+            return None
+        affine = getattr(m, "affine", True)
+        return bn_parts(m.weight if affine else None, m.bias if affine else None, m.running_mean, m.running_var,
+                        m.eps)
+    filled = _call_values(graph, p, consts)
+    if filled is None:
+        return None
+    args, kwargs = filled
+
+    def arg(k: int, name: str, default: Any) -> Any:
+        return kwargs[name] if name in kwargs else args[k] if k < len(args) else default
+
+    mean, var = arg(1, "running_mean", None), arg(2, "running_var", None)
+    if mean is None or var is None or arg(5, "training", False):
+        return None
+    return bn_parts(arg(3, "weight", None), arg(4, "bias", None), mean, var, arg(7, "eps", 1e-5))
+
+
+def _zero_border(graph: Graph, p: int) -> tuple[int, ...] | None:
+    """The pads of a pad node that adds a zero border (``F.pad`` order), else None."""
+    node = graph.nodes[p]
+    m = node.module
+    if m is not None:
+        if isinstance(m, (nn.ZeroPad2d, nn.ConstantPad2d)) and float(getattr(m, "value", 0.0)) == 0.0:
+            return tuple(m.padding)
+        return None
+    if isinstance(node.op, CallOp):
+        pads = node.op.arg(1, "pad")
+        mode = node.op.arg(2, "mode", "constant")
+        value = node.op.arg(3, "value", None)
+        if mode == "constant" and (value is None or value == 0) and isinstance(pads, (tuple, list)) \
+                and all(isinstance(v, int) for v in pads):
+            return tuple(pads)
+    return None
 
 
 def bind(preset: Preset, graph: Graph) -> Bound:
     """The op and rule each node uses when relevance flows through it.
 
-    With ``merge_bn`` a BatchNorm whose input is a conv's output read by nothing else is
-    folded into that conv (:func:`fold_bn`; new tensors, the model untouched) and passes
-    relevance through. Warns where a BN scale is <= 0: there folding and passing through
-    give different maps.
+    Convolutions and linear layers are bound as :class:`~fgcam_lib.engine.weighted.Weighted`
+    (modules, functional calls with their weights computed now, library convs that pad
+    themselves). A conv fed by a zero pad read by nothing else knows the border is padding.
+    With ``merge_bn`` a BatchNorm (module or ``F.batch_norm``, eval mode) whose input is a
+    conv's output read by nothing else is folded into that conv (new tensors, the model
+    untouched) and passes relevance through. Warns where a BN scale is <= 0: there folding
+    and passing through give different maps.
     """
     preset.check_keys(graph)
     first = graph.weighted_first()
     out: Bound = []
     flipped = []
+    wanted = [j for n in graph.nodes if n.kind in ("conv", "linear", "bn") for j in n.inputs]
+    consts = constants(graph, wanted)
     for p, node in enumerate(graph.nodes):
         op = node.module if node.module is not None else node.op
-        out.append((op, preset.rule_for(graph, p, first)))
-        module = node.module
-        if isinstance(module, nn.BatchNorm2d):
-            if module.weight is not None and bool((module.weight <= 0).any()):
-                flipped.append(node.name)
-            if preset.merge_bn:
+        rule = preset.rule_for(graph, p, first)
+        if node.kind in ("conv", "linear") and node.data:
+            try:
+                lin = _weighted(graph, p, consts)
+            except TypeError as exc:
+                lin, rule = None, Missing(f"{node.describe()}: {exc}")
+            if lin is not None:
                 src = node.inputs[0]
-                if src != INPUT and isinstance(graph.nodes[src].module, nn.Conv2d) and graph.users[src] == [p]:
-                    out[src] = (fold_bn(graph.nodes[src].module, module), out[src][1])
-                    out[p] = (module, Pass())
+                if src != INPUT and graph.nodes[src].kind == "pad" and graph.users[src] == [p]:
+                    border = _zero_border(graph, src)
+                    if border is not None:
+                        lin = lin.with_border(border)
+                op = lin
+        out.append((op, rule))
+        if node.kind == "bn" and node.data:
+            module = node.module
+            parts = _bn(graph, p, consts)
+            if parts is not None and bool((parts[0] <= 0).any()):
+                flipped.append(node.name)
+            if preset.merge_bn and parts is not None:
+                src = node.inputs[0]
+                if src != INPUT and graph.nodes[src].kind == "conv" and graph.users[src] == [p] \
+                        and isinstance(out[src][0], Weighted):
+                    out[src] = (fold_bn(out[src][0], parts), out[src][1])
+                    out[p] = (module if module is not None else node.op, Pass())
     if flipped:
         shown = ", ".join(flipped[:4]) + (f" and {len(flipped) - 4} more" if len(flipped) > 4 else "")
         warnings.warn(

@@ -29,12 +29,16 @@ def coverage(model: nn.Module, rules: str | Preset | dict = "paper", x: torch.Te
     An LRP walk from the logits (the predicted class of ``x``; default: one random image of
     ``size`` x ``size``) measures, at every node relevance passes, ``ratio`` = relevance summed
     over its inputs / relevance at its output (biases are ignored, so 1 where a rule
-    conserves). ``conserved``: the ratio is 1 to 1e-4 (NaN ratios where nothing arrives
-    count as conserved); ``reached``: relevance arrived there. A node without a rule shows
-    the error its first call would raise.
+    conserves) and ``lost`` = (relevance at its output - summed over its inputs) / the summed
+    |relevance| the walk starts with: each node's share of what goes missing (negative where a
+    node adds). ``conserved``: the ratio is 1 to 1e-4 (NaN ratios where nothing arrives count
+    as conserved); ``reached``: relevance arrived there; ``rule_conserves``: what the rule
+    guarantees (``"always"``, a condition such as ``"where an input contributes positively"``,
+    or ``"no"``). A node without a rule shows the error its first call would raise.
 
     Returns a ``pandas.DataFrame`` indexed by node name with columns ``layer`` (the display
-    name), ``op``, ``kind``, ``rule``, ``rule_conserves``, ``reached``, ``ratio``, ``conserved``.
+    name), ``op``, ``kind``, ``rule``, ``rule_conserves``, ``reached``, ``ratio``, ``lost``,
+    ``conserved``.
     """
     import pandas as pd
 
@@ -46,13 +50,16 @@ def coverage(model: nn.Module, rules: str | Preset | dict = "paper", x: torch.Te
         channels = conv.in_channels if conv is not None else 3
         x = torch.randn(1, channels, size, size, generator=torch.Generator().manual_seed(seed))
     ratios: dict[int, float] = {}
+    losses: dict[int, float] = {}
     errors: dict[int, str] = {}
 
     def observe(i: int, r: torch.Tensor, rins: list) -> None:
-        total_in = sum(float(t.sum()) for t in rins if isinstance(t, torch.Tensor))
-        total_in += sum(float(v.sum()) for t in rins if isinstance(t, dict) for v in t.values())
-        out = float(r.sum()) if isinstance(r, torch.Tensor) else sum(float(v.sum()) for v in r.values())
+        total_in = sum(float(t.double().sum()) for t in rins if isinstance(t, torch.Tensor))
+        total_in += sum(float(v.double().sum()) for t in rins if isinstance(t, dict) for v in t.values())
+        out = float(r.double().sum()) if isinstance(r, torch.Tensor) else sum(float(v.double().sum())
+                                                                               for v in r.values())
         ratios[i] = total_in / out if out != 0 else float("nan")
+        losses[i] = out - total_in
 
     with torch.no_grad(), eval_mode(model):
         walk = plan(graph, bound, graph.output, [INPUT])
@@ -60,6 +67,7 @@ def coverage(model: nn.Module, rules: str | Preset | dict = "paper", x: torch.Te
         logits = trace.out
         t = logits.argmax(1)
         R = torch.zeros_like(logits).scatter_(1, t[:, None], logits.gather(1, t[:, None]))
+        scale = float(R.abs().sum()) or 1.0
         try:
             propagate(graph, bound, trace, R, walk, observe=observe)
         except TypeError as exc:  # a node without a rule: the table says where
@@ -76,9 +84,10 @@ def coverage(model: nn.Module, rules: str | Preset | dict = "paper", x: torch.Te
             "kind": (node.kind or "unknown") if tensor else "value",
             "rule": (rule.reason if isinstance(rule, Missing) else repr(rule)) if tensor and node.data
             else "none: carries no relevance" + ("" if tensor else " (not a tensor)"),
-            "rule_conserves": bool(rule.conserves) if tensor and node.data else True,
+            "rule_conserves": rule.guarantee if tensor and node.data else "always",
             "reached": i in ratios,
             "ratio": ratio,
+            "lost": losses.get(i, 0.0) / scale,
             "conserved": bool(ratio != ratio or abs(ratio - 1) <= 1e-4),
         })
     table = pd.DataFrame(rows).set_index("node")

@@ -20,8 +20,7 @@ Divisions by zero give zero (the authors' convention), so nothing is stabilised.
 """
 from __future__ import annotations
 
-import weakref
-from dataclasses import dataclass
+import functools
 from typing import Any, Callable, Hashable, Sequence
 
 import torch
@@ -29,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .ops import channels_last_on_cpu
+from .weighted import _PARTS, Weighted, clear_weight_cache, weighted_of  # noqa: F401 (re-exported)
 
 Tensor = torch.Tensor
 
@@ -37,68 +37,6 @@ def safe_div(num: Tensor, den: Tensor) -> Tensor:
     """``num / den`` with 0 where ``den == 0``."""
     # one division and one in-place pass: x/0 gives inf or nan, both set to 0
     return (num / den).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
-
-
-@dataclass(eq=False)
-class Folded:
-    """A conv (or linear) with the BatchNorm after it folded in, as local tensors: the
-    model is untouched. ``module`` gives the conv's stride, padding, groups."""
-
-    module: nn.Module
-    weight: Tensor
-    bias: Tensor
-
-
-class _WeightParts:
-    """Parts of a parameter (``w.clamp(min=0)``, ...) computed once per weight value.
-
-    z-rules read the same positive/negative weight parts on every call; recomputing them
-    costs a pass over every weight of the model. Entries are keyed by the parameter itself
-    (held weakly: the cache never keeps a model alive and nothing is stored on the model) and
-    stamped with its storage pointer, version counter, shape, strides, dtype and device, so
-    an optimizer step, ``load_state_dict``, ``param.copy_`` under ``no_grad`` or
-    ``param.data = ...`` gives fresh parts. Writes through ``param.data`` bypass the version
-    counter: call :func:`clear_weight_cache` after them. Tensors that are not parameters
-    (BN-folded weights, made afresh per call) are not cached.
-    """
-
-    def __init__(self) -> None:
-        self._entries: dict[int, tuple[weakref.ref, tuple, dict[Hashable, Tensor]]] = {}
-
-    @staticmethod
-    def _stamp(t: Tensor) -> tuple:
-        return t.data_ptr(), t._version, t.shape, t.stride(), t.dtype, t.device
-
-    def get(self, source: Tensor, part: Hashable, make: Callable[[Tensor], Tensor]) -> Tensor:
-        """``make(source)`` (detached), from the cache while ``source`` is unchanged."""
-        if not isinstance(source, nn.Parameter):
-            return make(source.detach())
-        key, stamp = id(source), self._stamp(source)
-        entry = self._entries.get(key)
-        if entry is None or entry[0]() is not source or entry[1] != stamp:
-            ref = weakref.ref(source, lambda r, k=key: self._drop(k, r))
-            entry = (ref, stamp, {})
-            self._entries[key] = entry
-        parts = entry[2]
-        if part not in parts:
-            parts[part] = make(source.detach())
-        return parts[part]
-
-    def _drop(self, key: int, ref: weakref.ref) -> None:
-        entry = self._entries.get(key)
-        if entry is not None and entry[0] is ref:
-            del self._entries[key]
-
-    def clear(self) -> None:
-        self._entries.clear()
-
-
-_PARTS = _WeightParts()
-
-
-def clear_weight_cache() -> None:
-    """Forget the cached weight parts (needed only after writes through ``param.data``)."""
-    _PARTS.clear()
 
 
 def _positive(w: Tensor) -> Tensor:
@@ -110,54 +48,29 @@ def _negative(w: Tensor) -> Tensor:
 
 
 class _Linear:
-    """The layer as a linear map of (input, weight): forward and its transpose."""
+    """A weighted layer for a rule: its :class:`~fgcam_lib.engine.weighted.Weighted` plus cached
+    weight parts."""
 
-    def __init__(self, module: nn.Module | Folded):
-        weights = module
-        if isinstance(module, Folded):
-            module = module.module
-        self.module = module
-        if isinstance(module, nn.Conv2d):
-            if module.padding_mode != "zeros":
-                raise TypeError(f"Conv2d with padding_mode={module.padding_mode!r} is not supported")
-        elif not isinstance(module, nn.Linear):
-            raise TypeError(f"{type(module).__name__} is not a weighted layer")
-        self.source = weights.weight
+    def __init__(self, module: Any):
+        self.w = weighted_of(module)
+        self.dims, self.groups = self.w.dims, self.w.groups
         # relevance is not differentiated: keep rules off the autograd graph
-        self.weight = weights.weight.detach()
-        self.bias = weights.bias.detach() if weights.bias is not None else None
+        self.weight = self.w.weight.detach()
+        self.bias = self.w.bias.detach() if self.w.bias is not None else None
 
     def part(self, name: Hashable, make: Callable[[Tensor], Tensor]) -> Tensor:
         """A tensor made from the weight alone (its positive part, ...), cached per weight value."""
-        return _PARTS.get(self.source, name, make)
+        return _PARTS.get(self.w.source if self.w.source is not None else self.weight, name, make)
 
     def forward(self, x: Tensor, w: Tensor) -> Tensor:
-        m = self.module
-        if isinstance(m, nn.Conv2d):
-            return F.conv2d(x, w, None, m.stride, m.padding, m.dilation, m.groups)
-        return F.linear(x, w)
+        return self.w.forward(x, w)
 
     def transpose(self, s: Tensor, w: Tensor, shape: torch.Size) -> Tensor:
         """``sum_j w_ij s_j``: the gradient of ``forward`` w.r.t. its input."""
-        m = self.module
-        if not isinstance(m, nn.Conv2d):
-            return s @ w
-        if isinstance(m.padding, str):
-            return torch.nn.grad.conv2d_input(shape, w, s, m.stride, m.padding, m.dilation, m.groups)
-        if m.kernel_size == (1, 1) and m.padding == (0, 0) and m.groups == 1:
-            # a 1x1 convolution's transpose is a matrix product (scattered onto the strided
-            # grid): on CPU much faster than the generic backward-data kernel
-            B, C = shape[0], shape[1]
-            g = torch.matmul(w.reshape(w.shape[0], C).t(), s.reshape(B, s.shape[1], -1))
-            if m.stride == (1, 1):
-                return g.view(shape)
-            out = s.new_zeros(shape)
-            out[:, :, ::m.stride[0], ::m.stride[1]] = g.view(B, C, *s.shape[2:])
-            return out
-        # a real (uninitialised) input tensor: conv2d_input's expanded one is copied to contiguous
-        return torch.ops.aten.convolution_backward(
-            s, s.new_empty(shape), w, None, m.stride, m.padding, m.dilation, False, (0, 0), m.groups,
-            (True, False, False))[0]
+        return self.w.transpose(s, w, shape)
+
+    def ones(self, x: Tensor, dtype: torch.dtype) -> Tensor:
+        return self.w.ones(x, dtype)
 
 
 class Rule:
@@ -167,10 +80,18 @@ class Rule:
     multi: bool = False
     #: reads the input's values (False: its shape only)
     reads_input: bool = True
+
+    @property
+    def guarantee(self) -> str:
+        """What the rule promises about conservation (relevance summed over the inputs equals the
+        output's, biases ignored): ``"always"``, a condition such as ``"where any input
+        contributes"``, or ``"no"`` (a bias or a stabiliser takes a share)."""
+        return "no" if getattr(self, "bias", False) else "always"
+
     @property
     def conserves(self) -> bool:
-        """Relevance summed over the inputs equals the output's (false once a bias takes a share)."""
-        return not getattr(self, "bias", False)
+        """True when the rule conserves relevance everywhere (:attr:`guarantee` is ``"always"``)."""
+        return self.guarantee == "always"
 
     def __call__(self, module: nn.Module, x: Tensor, R: Tensor) -> Tensor:  # pragma: no cover
         raise NotImplementedError
@@ -240,36 +161,64 @@ class ZPlus(AlphaBeta):
     is the authors' code's handling of negative inputs, and zennit's ZPlus.
 
     An output with no positive contribution (``z_j = 0``) passes none of its relevance on.
-    After ReLUs that output is 0 and gets no relevance, but where signed activations (SiLU,
-    Hardswish, GELU, a linear bottleneck) feed the next layer, relevance does arrive there
-    and is lost: on a bias-free EfficientNet-B0 the input kept 0.87 of the components' sum. ``conservative=True`` gives such an output's
-    relevance to its negative contributions instead, ``(x+ w- + x- w+) / z-_j``, so the
-    rule conserves wherever any contribution is non-zero; elsewhere it is plain z+.
+    Relevance does arrive at such outputs in trained networks: an output whose window holds
+    only zeros (after a ReLU) still has a value, the bias or the BatchNorm shift, and the
+    layer above may give it relevance; signed activations (SiLU, Hardswish, a linear
+    bottleneck) make ``z_j = 0`` happen with non-zero inputs too. Two ways to keep it:
+
+    - ``flat=True`` (the canonical preset): such an output's relevance is spread flat over
+      its window, as zennit's ``Flat`` rule (every input position weighs 1; zero padding
+      does not count), so the rule conserves everywhere;
+    - ``conservative=True``: it goes to the negative contributions,
+      ``(x+ w- + x- w+) / z-_j``, so the rule conserves where any input contributes; with
+      ``flat=True`` as well, the flat spread takes what is left.
     """
 
-    def __init__(self, bias: bool = False, conservative: bool = False):
+    def __init__(self, bias: bool = False, conservative: bool = False, flat: bool = False):
         super().__init__(alpha=1.0, beta=0.0, bias=bias)
-        self.conservative = conservative
+        self.conservative, self.flat = conservative, flat
+
+    @property
+    def guarantee(self) -> str:
+        if self.bias:
+            return "no"
+        if self.flat:
+            return "always"
+        return "where any input contributes" if self.conservative else "where an input contributes positively"
 
     def __call__(self, module, x, R):
-        if not self.conservative:
+        if not (self.conservative or self.flat):
             return super().__call__(module, x, R)
         lin = _Linear(module)
         out, z = self._part(lin, x, R, positive=True, with_z=True)
         lost = torch.where(z == 0, R, torch.zeros_like(R))
         if not bool(lost.any()):
             return out
-        return out + self._part(lin, x, lost, positive=False)
+        if self.conservative:
+            more, z = self._part(lin, x, lost, positive=False, with_z=True)
+            out = out + more
+            lost = torch.where(z == 0, lost, torch.zeros_like(lost))
+            if not self.flat or not bool(lost.any()):
+                return out
+        return out + _flat(lin, x, lost)
 
     def __repr__(self) -> str:
-        extra = ", conservative=True" if self.conservative else ""
+        extra = (", conservative=True" if self.conservative else "") + (", flat=True" if self.flat else "")
         return f"ZPlus(bias={self.bias}{extra})"
+
+
+def _flat(lin: _Linear, x: Tensor, R: Tensor) -> Tensor:
+    """``R`` spread over each output's window, every input position weighing 1."""
+    ones = lin.ones(x, R.dtype)
+    ones_w = torch.ones_like(lin.weight, dtype=R.dtype)
+    z = lin.forward(ones, ones_w)
+    return lin.transpose(safe_div(R, z), ones_w, x.shape).mul_(ones)
 
 
 class Epsilon(Rule):
     """epsilon rule: ``R_i = sum_j x_i w_ij / (z_j + eps sign(z_j)) R_j``, ``z_j = sum_i x_i w_ij``."""
 
-    conserves = False  # the stabiliser absorbs some relevance
+    guarantee = "no"  # the stabiliser absorbs some relevance
 
     def __init__(self, epsilon: float = 0.25, bias: bool = False):
         self.epsilon, self.bias = epsilon, bias
@@ -289,10 +238,7 @@ class Flat(Rule):
     reads_input = False
 
     def __call__(self, module, x, R):
-        lin = _Linear(module)
-        ones_w = torch.ones_like(lin.weight)
-        z = lin.forward(torch.ones(x.shape, dtype=R.dtype, device=R.device), ones_w)
-        return lin.transpose(safe_div(R, z), ones_w, x.shape)
+        return _flat(_Linear(module), x, R)
 
 
 class WSquare(Rule):
@@ -303,8 +249,9 @@ class WSquare(Rule):
     def __call__(self, module, x, R):
         lin = _Linear(module)
         w2 = lin.weight.pow(2)
-        z = lin.forward(torch.ones(x.shape, dtype=R.dtype, device=R.device), w2)
-        return lin.transpose(safe_div(R, z), w2, x.shape)
+        ones = lin.ones(x, R.dtype)
+        z = lin.forward(ones, w2)
+        return lin.transpose(safe_div(R, z), w2, x.shape).mul_(ones)
 
 
 Bounds = Callable[[Tensor], tuple[Tensor, Tensor]]
@@ -348,7 +295,7 @@ class ZBeta(Rule):
         if self.bias and lin.bias is not None:
             z = z + lin.bias.view(1, -1, *([1] * (z.dim() - 2)))
         s = safe_div(R, z)
-        if isinstance(lin.module, nn.Conv2d) and lin.module.groups == 1:
+        if lin.dims == 2 and lin.groups == 1:
             # the three transposes as one: the weights stacked along the input channels
             c = x.shape[1]
             stacked = lin.part("w,+,-", lambda v: torch.cat([v, v.clamp(min=0), v.clamp(max=0)], 1))
@@ -384,6 +331,12 @@ def _vjp(fn: Callable[[Tensor], Tensor], x: Tensor, s: Tensor) -> Tensor:
     return g
 
 
+def _is_max(module: Any) -> bool:
+    if isinstance(module, (nn.MaxPool1d, nn.MaxPool2d, nn.AdaptiveMaxPool2d)):
+        return True
+    return "max" in str(getattr(module, "label", "")) or "max" in getattr(getattr(module, "fn", None), "__name__", "")
+
+
 class PoolZ(Rule):
     """Pools: relevance in proportion to each (ReLU-clamped) input's share of the output.
 
@@ -391,17 +344,26 @@ class PoolZ(Rule):
     ``R_i = x+_i sum_j a_ij R_j / z_j`` with the pool's weights ``a``, computed as a
     vector-Jacobian product so overlapping windows are handled. Max pools: all relevance of
     an output goes to its winning input (the same formula, since only the winner counts).
-    ``conservative=True``: an output whose window has no positive input (signed features, as
-    ConvNeXt's before its global pool) shares its relevance among the negative inputs instead
-    of dropping it.
+
+    An output whose window has no positive input (``z_j = 0``) passes nothing on, unless:
+    ``conservative=True``: its relevance is shared among the negative inputs instead (signed
+    features, as ConvNeXt's before its global pool); ``flat=True`` (the canonical preset):
+    what is left goes to the max pool's winner (the largest input, though <= 0), or, for
+    average pools, flat over the window.
     """
 
-    def __init__(self, conservative: bool = False):
-        self.conservative = conservative
+    def __init__(self, conservative: bool = False, flat: bool = False):
+        self.conservative, self.flat = conservative, flat
+
+    @property
+    def guarantee(self) -> str:
+        if self.flat:
+            return "always"
+        return "where any input is non-zero" if self.conservative else "where an input is positive"
 
     def __call__(self, module, x, R):
         xp = x.clamp(min=0)
-        if isinstance(module, nn.MaxPool2d) and not module.ceil_mode and module.dilation in (1, (1, 1)):
+        if type(module) is nn.MaxPool2d and not module.ceil_mode and module.dilation in (1, (1, 1)):
             z, idx = channels_last_on_cpu(lambda t: F.max_pool2d(
                 t, module.kernel_size, module.stride, module.padding, return_indices=True), xp)
             out = torch.zeros(xp.shape, dtype=xp.dtype, device=xp.device).flatten(2)
@@ -413,15 +375,26 @@ class PoolZ(Rule):
             out = xp * _vjp(module, xp, safe_div(R, z))
         else:
             raise TypeError(f"PoolZ does not handle {type(module).__name__}")
+        if not (self.conservative or self.flat):
+            return out
+        lost = torch.where(z == 0, R, torch.zeros_like(R))
+        if not bool(lost.any()):
+            return out
         if self.conservative:
-            lost = torch.where(z == 0, R, torch.zeros_like(R))
-            if bool(lost.any()):
-                xn = x.clamp(max=0)
-                out = out + xn * _vjp(module, xn, safe_div(lost, module(xn)))
-        return out
+            xn = x.clamp(max=0)
+            zn = module(xn)
+            out = out + xn * _vjp(module, xn, safe_div(lost, zn))
+            lost = torch.where(zn == 0, lost, torch.zeros_like(lost))
+            if not self.flat or not bool(lost.any()):
+                return out
+        if _is_max(module):
+            return out + _vjp(module, x, lost)  # the max's own gradient: all to the winner
+        ones = torch.ones(x.shape, dtype=R.dtype, device=R.device)
+        return out + _vjp(module, ones, safe_div(lost, module(ones)))
 
     def __repr__(self) -> str:
-        return "PoolZ(conservative=True)" if self.conservative else "PoolZ()"
+        extra = [k for k in ("conservative", "flat") if getattr(self, k)]
+        return f"PoolZ({', '.join(f'{k}=True' for k in extra)})"
 
 
 def _data_operands(xs: Sequence[Any], data: Sequence[bool] | None) -> list[int]:
@@ -450,8 +423,8 @@ class Sum(Rule):
         self.mode, self.epsilon = mode, epsilon
 
     @property
-    def conserves(self) -> bool:
-        return self.mode == "sign"
+    def guarantee(self) -> str:
+        return "always" if self.mode == "sign" else "where the sum is not near 0"
 
     def __call__(self, op, xs, R, data=None):
         live = _data_operands(xs, data)
@@ -459,7 +432,8 @@ class Sum(Rule):
         if len(live) == 1:
             out[live[0]] = R.sum_to_size(xs[live[0]].shape)
             return out
-        parts = [xs[k] for k in live]
+        # a - b is a + (-b): the subtracted operand's share is that of its negation
+        parts = [-xs[k] if k == 1 and getattr(op, "label", "") == "sub" else xs[k] for k in live]
         if self.mode == "proportional":
             z = sum(parts)
             s = R / (z + self.epsilon * torch.where(z >= 0, 1.0, -1.0).to(z))
@@ -495,7 +469,9 @@ class Gate(Rule):
     scale, a constant factor). The gate is held constant and all relevance goes to the
     gated signal (Pahde et al. 2022's "signal-only gate"). The gate is the operand computed
     from the other one (``x * sigmoid(f(x))``, found in the graph); failing that, the one
-    with fewer elements; a division's divisor. Two unrelated signals of one size have no default."""
+    with fewer elements; a division's divisor. Two signals of one size, neither computed from
+    the other (StarNet's ``act(a) * b``, a gated MLP), share the relevance evenly: AttnLRP's
+    uniform rule for products (Achtibat et al. 2024)."""
 
     multi = True
     reads_input = False
@@ -513,8 +489,9 @@ class Gate(Rule):
         else:
             sizes = [xs[k].numel() for k in live]
             if sizes.count(max(sizes)) > 1:
-                raise TypeError("mul of two signals of the same size: no default rule (neither is a gate); "
-                                "give this node a rule by name")
+                for k in live:
+                    out[k] = (R / len(live)).sum_to_size(xs[k].shape)
+                return out
             signal = live[sizes.index(max(sizes))]
         out[signal] = R.sum_to_size(xs[signal].shape)
         return out
@@ -566,6 +543,21 @@ def _transpose(op: Callable, x: Tensor, R: Any) -> Tensor:
             outs, grads = [y], [R]
         (g,) = torch.autograd.grad(outs, z, grads, allow_unused=True)
     return torch.zeros(x.shape, dtype=ref.dtype, device=ref.device) if g is None else g
+
+
+class Reduce(Rule):
+    """A sum (or mean) over dimensions, ``x.sum(dim)``: each summand gets its share, the z-rule
+    with all weights 1 as :class:`Sum` (``mode="sign"``): where the sum is >= 0 the positive
+    summands share it, else the negative ones; equal shares where every summand is 0. Conserves."""
+
+    def __call__(self, module, x, R):
+        z = module(x)
+        up = functools.partial(_vjp, module, x)  # broadcast an output-shaped tensor back onto x
+        positive = up(torch.where(z >= 0, 1.0, 0.0).to(R.dtype)) > 0
+        num = torch.where(positive, x.clamp(min=0), x.clamp(max=0))
+        den = module(num)
+        even = torch.where(den == 0, safe_div(R, module(torch.ones_like(x))), torch.zeros_like(R))
+        return num * up(safe_div(R, den)) + up(even)
 
 
 class Split(Rule):
