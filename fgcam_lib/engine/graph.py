@@ -28,9 +28,10 @@ from __future__ import annotations
 
 import difflib
 import operator
+import sys
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 import torch.fx as fx
@@ -40,7 +41,7 @@ from torch import nn
 from .ops import (CallOp, ConstOp, ModuleOp, Slot, function_kind, is_vgg_style, kind_of, method_call, method_kind,
                   module_call)
 
-__all__ = ["INPUT", "Node", "Graph", "graph_of", "fx_graph", "chain_graph"]
+__all__ = ["INPUT", "Node", "Graph", "graph_of", "fx_graph", "chain_graph", "LEAVES", "register_leaf"]
 
 INPUT = -1
 Tensor = torch.Tensor
@@ -98,6 +99,7 @@ class Graph:
         self.last_use.pop(self.output, None)
         self._anc: dict[int, frozenset[int]] = {}
         self._min_size: tuple[int, int] | None = None
+        self._shapes: dict[int, dict[int, Any]] = {}
         self._first: frozenset[int] | None = None
 
     def __len__(self) -> int:
@@ -207,11 +209,43 @@ class Graph:
                     j != INPUT and self.nodes[j].kind in ("conv", "linear") for j in self.ancestors(i)))
         return self._first
 
-    def first_conv(self) -> nn.Conv2d:
-        for n in self.nodes:
-            if isinstance(n.module, nn.Conv2d):
-                return n.module
-        raise ValueError("the model has no Conv2d layer")
+    @property
+    def input_channels(self) -> int | None:
+        """Channels of the image the model takes: the in-channels of the conv that reads it
+        (through pads and dropouts); None when no conv reads it directly (a space-to-depth stem)."""
+        stack = list(self.input_users)
+        while stack:
+            n = self.nodes[stack.pop(0)]
+            if isinstance(n.module, (nn.Conv1d, nn.Conv2d)):
+                return n.module.in_channels
+            if n.kind in ("pad", "other"):
+                stack.extend(self.users[self._by_name[n.name]])
+        return None
+
+    def shapes_at(self, size: int = 224) -> dict[int, Any]:
+        """Every node's output shape (``INPUT`` too) for one ``size`` x ``size`` image, from a
+        forward on meta tensors (no data, no memory), modules in eval mode; cached per size."""
+        if size not in self._shapes:
+            modules = {id(n.module): n.module for n in self.nodes if n.module is not None}
+            flags = [(m, m.training) for m in modules.values()]
+            shapes: dict[int, Any] = {}
+            try:
+                for m in modules.values():
+                    m.training = False
+                vals: dict[int, Any] = {INPUT: torch.empty(1, self.input_channels or 3, size, size, device="meta")}
+                shapes[INPUT] = vals[INPUT].shape
+                with torch.no_grad():
+                    for i, n in enumerate(self.nodes):
+                        vals[i] = n.op(*(_to_meta(vals[j]) for j in n.inputs))
+                        if isinstance(vals[i], torch.Tensor):
+                            shapes[i] = vals[i].shape
+            except Exception:  # an op meta tensors cannot run: the shapes found so far
+                pass
+            finally:
+                for m, flag in flags:
+                    m.training = flag
+            self._shapes[size] = shapes
+        return self._shapes[size]
 
     def _dominates_output(self, c: int) -> bool:
         """Every path from the input to the logits passes through node ``c``."""
@@ -241,9 +275,20 @@ class Graph:
             if head and n.data and self._dominates_output(i):
                 data = [j for j in n.inputs if j == INPUT or self.nodes[j].data]
                 if data and data[0] != INPUT:
-                    return data[0]
+                    return self._spatial_before(data[0])
                 break
         raise ValueError("cannot find a feature map before the classifier head; pass component_layer")
+
+    def _spatial_before(self, c: int) -> int:
+        """``c``, or, where ``c`` is a 1 x 1 map at 224 px (a pool the size of the map, the
+        dropout after it, timm VGG's conv head), the last map with spatial extent > 1 before it."""
+        shapes = self.shapes_at(224)
+        while c != INPUT and c in shapes and len(shapes[c]) == 4 and shapes[c][2] * shapes[c][3] == 1:
+            data = [j for j in self.nodes[c].inputs if j == INPUT or self.nodes[j].data]
+            if len(data) != 1 or data[0] == INPUT or data[0] not in shapes:
+                break
+            c = data[0]
+        return c
 
     def stages(self, shapes: dict[int, Any]) -> list[int]:
         """The layers a reader looks at, deepest first, from a forward's ``shapes``: on VGG-style
@@ -312,6 +357,12 @@ def _to_vector(n: Node) -> bool:
     return len(dims) == 2
 
 
+def _to_meta(v: Any) -> Any:
+    if isinstance(v, torch.Tensor) and v.device.type != "meta":
+        return v.to("meta")
+    return v
+
+
 def run_shapes(graph: Graph, x: Tensor) -> Any:
     """Run the graph on ``x`` keeping nothing (used on meta tensors for shapes)."""
     vals: dict[int, Any] = {INPUT: x}
@@ -339,19 +390,98 @@ def _containers(node: fx.Node) -> list[str]:
     return [k.split("@")[0] for k in stack.keys()]
 
 
-def fx_graph(model: nn.Module) -> Graph:
-    """Trace ``model`` with a plain ``torch.fx.Tracer`` (in eval mode, restored afterwards)."""
+# ----------------------------------------------------------------------------------
+# Leaf modules: traced as one node
+# ----------------------------------------------------------------------------------
+#: module classes traced as one node (by qualified name: registering needs no import of the
+#: library), with the op kind their rule comes from (None: give a rule by layer name). The
+#: built-in ones are library modules that compute their padding from each input's size, which
+#: fx cannot trace: timm's TensorFlow-"same" convs and pools.
+LEAVES: dict[str, str | None] = {
+    "timm.layers.conv2d_same.Conv2dSame": "conv",
+    "timm.layers.std_conv.StdConv2dSame": "conv",
+    "timm.layers.std_conv.ScaledStdConv2dSame": "conv",
+    "timm.layers.pool2d_same.AvgPool2dSame": "avgpool",
+    "timm.layers.pool2d_same.MaxPool2dSame": "maxpool",
+}
+
+
+def _qualname(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def register_leaf(cls: type | str, kind: str | None = None) -> None:
+    """Trace modules of class ``cls`` as one node whose rule is the preset's rule for ``kind``
+    (``"conv"``, ``"avgpool"``, ...; see ``fgcam_lib.engine.KINDS``), or, with no kind, the rule
+    given by layer name (``rules={"head.pre_logits": ...}``). For a conv that computes its own
+    padding or weight, also tell the engine what it computes:
+    :func:`fgcam_lib.engine.weighted.register_conv_leaf`. Graphs traced before are not redone."""
+    LEAVES[cls if isinstance(cls, str) else _qualname(cls)] = kind
+
+
+def _library_leaves(model: nn.Module) -> tuple[set[type], list[Any]]:
+    """The leaf modules and functions the model's own library registers for fx (timm's registry)."""
+    fx_registry = sys.modules.get("timm.layers._fx")
+    if fx_registry is None or not type(model).__module__.startswith("timm."):
+        return set(), []
+    return set(fx_registry.get_notrace_modules()), list(fx_registry.get_notrace_functions())
+
+
+class _Tracer(fx.Tracer):
+    """A plain tracer that keeps :data:`LEAVES` (and, when asked, the model's library leaves) whole."""
+
+    def __init__(self, extra: set[type] = frozenset(), autowrap: Sequence[Any] = ()):
+        super().__init__(autowrap_functions=tuple(autowrap))
+        self.extra = extra
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return (_qualname(type(m)) in LEAVES or type(m) in self.extra) or super().is_leaf_module(m, qualname)
+
+
+def _failing_module(model: nn.Module, exc: BaseException) -> str:
+    """The innermost module of ``model`` whose forward was running when tracing failed."""
+    names = {id(m): n for n, m in model.named_modules()}
+    found = ""
+    tb = exc.__traceback__
+    while tb is not None:
+        owner = tb.tb_frame.f_locals.get("self")
+        if isinstance(owner, nn.Module) and id(owner) in names and names[id(owner)]:
+            found = f"{names[id(owner)]!r} ({type(owner).__name__})"
+        tb = tb.tb_next
+    return found
+
+
+def _trace(model: nn.Module) -> fx.Graph:
+    """Trace in eval mode (restored afterwards): the plain tracer with :data:`LEAVES`, then, if that
+    fails, also with the leaves the model's library registers for fx."""
     flags = _eval_flags(model)
     try:
         model.eval()
-        traced = fx.Tracer().trace(model)
-    except Exception as exc:  # fx raises many types; the reason is what matters
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TypeError(f"{type(model).__name__} cannot be traced by torch.fx ({type(exc).__name__}: {reason}); "
-                        "explainers need a model fx can trace, or an nn.Sequential") from None
+        try:
+            return _Tracer().trace(model)
+        except Exception as exc:  # fx raises many types; the reason is what matters
+            first = exc
+        modules, functions = _library_leaves(model)
+        if modules or functions:
+            try:
+                return _Tracer(modules, functions).trace(model)
+            except Exception as exc:
+                first = exc
+        where = _failing_module(model, first)
+        reason = str(first).strip().splitlines()[0] if str(first).strip() else type(first).__name__
+        hint = (f" in module {where}: trace it as one node with fgcam_lib.engine.register_leaf and give it a rule"
+                if where else "; explainers need a model fx can trace, or an nn.Sequential")
+        raise TypeError(f"{type(model).__name__} cannot be traced by torch.fx ({type(first).__name__}: "
+                        f"{reason}){hint}") from None
     finally:
         for m, flag in flags:
             m.training = flag
+
+
+def fx_graph(model: nn.Module) -> Graph:
+    """Trace ``model`` with a plain ``torch.fx.Tracer`` (in eval mode, restored afterwards);
+    modules in :data:`LEAVES` stay one node."""
+    traced = _trace(model)
 
     ids: dict[fx.Node, int] = {}
     nodes: list[Node] = []
@@ -392,6 +522,9 @@ def fx_graph(model: nn.Module) -> Graph:
             name = unique(fn.target)
             op: Callable = ModuleOp(module)
             kind = kind_of(module)
+            leaf = _qualname(type(module))
+            if leaf in LEAVES:
+                kind = LEAVES[leaf]
             target = type(module).__name__
             op = module_call(op, args, kwargs)
         elif fn.op == "get_attr":

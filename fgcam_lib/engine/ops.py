@@ -72,6 +72,7 @@ def _function_kinds() -> dict[Any, str]:
         kinds[fn] = "reshape"
     kinds[torch.cat] = "cat"
     kinds[torch.concat] = "cat"
+    kinds[torch.stack] = "cat"
     for fn in (torch.chunk, torch.split, torch.unbind):
         kinds[fn] = "split"
     for fn in (F.layer_norm, F.group_norm, F.instance_norm, F.rms_norm, F.local_response_norm):
@@ -192,6 +193,18 @@ def fill(a: Any, vals: tuple) -> Any:
     return a
 
 
+def _slots(a: Any) -> list["Slot"]:
+    if isinstance(a, Slot):
+        return [a]
+    if isinstance(a, (list, tuple)):
+        return [s for v in a for s in _slots(v)]
+    if isinstance(a, dict):
+        return [s for v in a.values() for s in _slots(v)]
+    if isinstance(a, slice):
+        return _slots((a.start, a.stop, a.step))
+    return []
+
+
 class CallOp:
     """A function or method call whose tensor arguments are the node's inputs."""
 
@@ -200,6 +213,27 @@ class CallOp:
 
     def __call__(self, *vals: Any) -> Any:
         return self.fn(*fill(self.args, vals), **fill(self.kwargs, vals))
+
+    def bind(self, values: dict[int, Any]) -> "CallOp":
+        """The same call with inputs ``values`` ({input index: value}) filled in; the other inputs
+        become the new call's inputs, in order."""
+        rest = sorted({a.i for a in _slots((self.args, self.kwargs))} - set(values))
+        renumber = {i: Slot(n) for n, i in enumerate(rest)}
+
+        def sub(a: Any) -> Any:
+            if isinstance(a, Slot):
+                return values[a.i] if a.i in values else renumber[a.i]
+            if isinstance(a, (list, tuple)):
+                return type(a)(sub(v) for v in a)
+            if isinstance(a, dict):
+                return {k: sub(v) for k, v in a.items()}
+            if isinstance(a, slice):
+                return slice(sub(a.start), sub(a.stop), sub(a.step))
+            return a
+
+        out = CallOp(self.fn, sub(self.args), sub(self.kwargs), self.label)
+        out.__dict__.update({k: v for k, v in self.__dict__.items() if k not in ("fn", "args", "kwargs", "label")})
+        return out
 
     def arg(self, position: int, name: str, default: Any = None) -> Any:
         """A literal argument, by position (after the tensor) or keyword."""

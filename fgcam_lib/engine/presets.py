@@ -41,7 +41,7 @@ KINDS: dict[str, str] = {
     "sum": "x.sum(dim), torch.sum: a sum over channels or branches",
     "pad": "F.pad, ZeroPad2d, ConstantPad2d, ReflectionPad2d, ReplicationPad2d",
     "upsample": "F.interpolate, nn.Upsample (nearest, bilinear)",
-    "cat": "torch.cat",
+    "cat": "torch.cat, torch.stack",
     "split": "chunk, split, unbind",
     "reshape": "flatten, view, reshape, permute, transpose, getitem, channel / pixel shuffles",
     "other": "Dropout, Identity, StochasticDepth (identity in eval)",
@@ -66,7 +66,8 @@ class Preset:
         """The rule of node ``position``: by its name, ``"input"`` for a first weighted layer, its kind."""
         node = graph.nodes[position]
         for key in (node.name, graph.name(position)):
-            if key in self.rules:
+            # a layer named like an op kind (ResNet's "maxpool") is keyed by its kind
+            if key in self.rules and key not in KINDS and key != "input":
                 return self.rules[key]
         if position in first and "input" in self.rules:
             return self.rules["input"]

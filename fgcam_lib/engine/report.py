@@ -46,9 +46,7 @@ def coverage(model: nn.Module, rules: str | Preset | dict = "paper", x: torch.Te
     preset = get_preset(rules) if not isinstance(rules, Preset) else rules
     bound = bind(preset, graph)
     if x is None:
-        conv = next((n.module for n in graph.nodes if isinstance(n.module, nn.Conv2d)), None)
-        channels = conv.in_channels if conv is not None else 3
-        x = torch.randn(1, channels, size, size, generator=torch.Generator().manual_seed(seed))
+        x = torch.randn(1, graph.input_channels or 3, size, size, generator=torch.Generator().manual_seed(seed))
     ratios: dict[int, float] = {}
     losses: dict[int, float] = {}
     errors: dict[int, str] = {}

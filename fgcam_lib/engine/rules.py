@@ -268,9 +268,14 @@ def channel_bounds(mean: Sequence[float], std: Sequence[float]) -> Bounds:
     """Per-channel bounds of pixels in [0, 1] after ``(p - mean) / std``."""
 
     def bounds(x: Tensor) -> tuple[Tensor, Tensor]:
-        m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-        s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-        return (0 - m) / s, (1 - m) / s
+        m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, *([1] * (x.dim() - 2)))
+        s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, *([1] * (x.dim() - 2)))
+        low, high = (0 - m) / s, (1 - m) / s
+        if x.shape[1] != m.shape[1]:
+            # pixels rearranged before the first weighted layer (a space-to-depth stem): the
+            # box that holds every channel's range
+            return low.amin(1, keepdim=True), high.amax(1, keepdim=True)
+        return low, high
 
     return bounds
 
@@ -511,9 +516,9 @@ class Route(Rule):
 
     def __call__(self, op, xs, R, data=None):
         label = getattr(op, "label", "")
-        if label in ("cat", "concat"):
+        if label in ("cat", "concat", "stack"):
             dim = _cat_dim(op)
-            pieces = R.split([x.shape[dim] for x in xs], dim)
+            pieces = R.unbind(dim) if label == "stack" else R.split([x.shape[dim] for x in xs], dim)
             return [p if data is None or d else None for p, d in zip(pieces, data)]  # constants take none
         (x,) = xs  # index ops read one tensor (or one tuple of tensors)
         if isinstance(x, torch.Tensor) and (isinstance(op, nn.Flatten) or label in (

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from .graph import INPUT, Graph
+from .ops import CallOp
 from .presets import Bound
 
 Tensor = torch.Tensor
@@ -183,9 +184,18 @@ def propagate(
         data = [j == INPUT or graph.nodes[j].data for j in tensor_inputs]
         try:
             if rule.multi:
+                if isinstance(op, CallOp) and len(tensor_inputs) < len(node.inputs):
+                    # sizes and other values the call reads: filled in, so the rule calls op(*xs)
+                    op = op.bind({k: trace.acts.get(j) for k, j in enumerate(node.inputs) if j not in trace.shapes})
                 rins = rule(op, xs, r, data)
             elif sum(data) == 1:  # one signal; other tensor inputs are parameters (a norm's weight)
                 k = data.index(True)
+                if isinstance(op, CallOp) and len(node.inputs) > 1:
+                    # the rule calls op(x): every other input filled in with its value (or its shape)
+                    given = dict(zip(tensor_inputs, xs))
+                    signal = tensor_inputs[k]
+                    op = op.bind({n: (given[j] if j in given else trace.acts.get(j))
+                                  for n, j in enumerate(node.inputs) if j != signal})
                 rins = [None] * len(xs)
                 rins[k] = rule(op, xs[k], r)
             else:

@@ -178,8 +178,7 @@ class Explainer:
             raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}")
         self.model = model
         self.graph: Graph = graph_of(model)
-        first = [n.module for n in self.graph.nodes if isinstance(n.module, nn.Conv2d)]
-        self.in_channels = first[0].in_channels if first else None
+        self.in_channels = self.graph.input_channels
 
     @property
     def layers(self) -> list[str]:

@@ -209,8 +209,7 @@ def paper_layers(model: nn.Module, size: int = 224) -> list[str]:
     graph = graph_of(model)
     if graph.vgg_style and graph.n_features == 44:
         return ["33", "23", "13"]
-    conv = graph.first_conv()
-    x = torch.zeros(1, conv.in_channels, size, size, device=next(model.parameters()).device)
+    x = torch.zeros(1, graph.input_channels or 3, size, size, device=next(model.parameters()).device)
     with torch.no_grad(), eval_mode(model):
         shapes = forward(graph, x).shapes
     import math

@@ -117,8 +117,7 @@ def pool_layers(model: nn.Module, size: int = 224) -> list[int | str]:
     graph = graph_of(model)
     shapes: dict = {}
     if not graph.vgg_style:
-        conv = graph.first_conv()
-        x = torch.zeros(1, conv.in_channels, size, size, device=next(model.parameters()).device)
+        x = torch.zeros(1, graph.input_channels or 3, size, size, device=next(model.parameters()).device)
         with torch.no_grad(), eval_mode(model):
             shapes = forward(graph, x).shapes
     out: list[int | str] = []
