@@ -37,6 +37,7 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 from .ops import (CallOp, ConstOp, ModuleOp, Slot, function_kind, is_vgg_style, kind_of, method_call, method_kind,
                   module_call)
@@ -224,7 +225,7 @@ class Graph:
 
     def shapes_at(self, size: int = 224) -> dict[int, Any]:
         """Every node's output shape (``INPUT`` too) for one ``size`` x ``size`` image, from a
-        forward on meta tensors (no data, no memory), modules in eval mode; cached per size."""
+        forward on fake tensors (no data, no compute), modules in eval mode; cached per size."""
         if size not in self._shapes:
             modules = {id(n.module): n.module for n in self.nodes if n.module is not None}
             flags = [(m, m.training) for m in modules.values()]
@@ -232,11 +233,11 @@ class Graph:
             try:
                 for m in modules.values():
                     m.training = False
-                vals: dict[int, Any] = {INPUT: torch.empty(1, self.input_channels or 3, size, size, device="meta")}
-                shapes[INPUT] = vals[INPUT].shape
-                with torch.no_grad():
+                with torch.no_grad(), FakeTensorMode(allow_non_fake_inputs=True):
+                    vals: dict[int, Any] = {INPUT: torch.empty(1, self.input_channels or 3, size, size)}
+                    shapes[INPUT] = vals[INPUT].shape
                     for i, n in enumerate(self.nodes):
-                        vals[i] = n.op(*(_to_meta(vals[j]) for j in n.inputs))
+                        vals[i] = n.op(*(vals[j] for j in n.inputs))
                         if isinstance(vals[i], torch.Tensor):
                             shapes[i] = vals[i].shape
             except Exception:  # an op meta tensors cannot run: the shapes found so far
@@ -255,7 +256,7 @@ class Graph:
             if j == self.output:
                 return False
             for u in (self.input_users if j == INPUT else self.users[j]):
-                if u not in seen:
+                if u not in seen and self.nodes[u].data:  # a size read is no path for the image's values
                     seen.add(u)
                     stack.append(u)
         return True
@@ -282,6 +283,8 @@ class Graph:
     def _spatial_before(self, c: int) -> int:
         """``c``, or, where ``c`` is a 1 x 1 map at 224 px (a pool the size of the map, the
         dropout after it, timm VGG's conv head), the last map with spatial extent > 1 before it."""
+        if self.nodes[c].kind not in ("avgpool", "maxpool", "other", None):
+            return c  # a conv, norm, activation, add... keeps its input's extent: no need for shapes
         shapes = self.shapes_at(224)
         while c != INPUT and c in shapes and len(shapes[c]) == 4 and shapes[c][2] * shapes[c][3] == 1:
             data = [j for j in self.nodes[c].inputs if j == INPUT or self.nodes[j].data]
@@ -355,12 +358,6 @@ def _to_vector(n: Node) -> bool:
     if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
         dims = tuple(dims[0])
     return len(dims) == 2
-
-
-def _to_meta(v: Any) -> Any:
-    if isinstance(v, torch.Tensor) and v.device.type != "meta":
-        return v.to("meta")
-    return v
 
 
 def run_shapes(graph: Graph, x: Tensor) -> Any:

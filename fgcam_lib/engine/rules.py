@@ -294,6 +294,10 @@ class ZBeta(Rule):
     def __call__(self, module, x, R):
         lin = _Linear(module)
         low, high = self.bounds(x)
+        if lin.w.border is not None and any(lin.w.border):
+            # a fused zero border is no input: its value is fixed at 0, outside [l, h]
+            mask = lin.ones(x, x.dtype)
+            low, high = low * mask, high * mask
         w = lin.weight
         wp, wn = lin.part("+", _positive), lin.part("-", _negative)
         z = lin.forward(x, w) - self._bound_term(lin, low, high, wp, wn, x)
