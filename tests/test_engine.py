@@ -434,3 +434,112 @@ def test_conservative_pool_shares_all_negative_windows():
     assert torch.allclose(PoolZ()(pool, x, R).sum((2, 3)), torch.tensor([[0.0, 1.0]]))
     out = PoolZ(conservative=True)(pool, x, R)
     assert torch.allclose(out, torch.tensor([[[[0.25, 0.75]], [[1.0, 0.0]]]]))
+
+
+# ----------------------------------------------------------------------------------
+# Known answers for the functional-level rules
+# ----------------------------------------------------------------------------------
+class _Up(nn.Module):
+    def __init__(self, mode):
+        super().__init__()
+        self.mode = mode
+        self.fc = nn.Linear(16, 2, bias=False)
+
+    def forward(self, x):
+        return self.fc(F.interpolate(x, scale_factor=2, mode=self.mode, align_corners=False if self.mode == "bilinear" else None).flatten(1))
+
+
+def test_upsample_routes_relevance_back_by_its_adjoint():
+    from fgcam_lib.engine.rules import Route
+
+    x = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])
+    R = torch.arange(16.0).view(1, 1, 4, 4)
+    near = Route()(lambda t: F.interpolate(t, scale_factor=2, mode="nearest"), [x], R, [True])[0]
+    # each input pixel collects its 2 x 2 block of copies
+    assert torch.equal(near, torch.tensor([[[[0 + 1 + 4 + 5, 2 + 3 + 6 + 7], [8 + 9 + 12 + 13, 10 + 11 + 14 + 15]]]]))
+    bil = Route()(lambda t: F.interpolate(t, scale_factor=2, mode="bilinear"), [x], R, [True])[0]
+    # bilinear weights: 1D pattern for 2 -> 4 (align_corners=False) is [1, 0], [.75, .25], [.25, .75], [0, 1]
+    a = torch.tensor([[1.0, 0.0], [0.75, 0.25], [0.25, 0.75], [0.0, 1.0]])
+    assert torch.allclose(bil[0, 0], a.t() @ R[0, 0] @ a)
+    assert torch.allclose(bil.sum(), R.sum())  # conserves
+
+
+def test_pad_rule_crops_and_a_fused_zero_border_takes_no_relevance():
+    from fgcam_lib.engine import bind, canonical, graph_of
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.ones(1, 1, 3, 3))
+            self.fc = nn.Linear(1, 2, bias=False)
+
+        def forward(self, x):
+            h = F.relu(F.conv2d(F.pad(x, (1, 1, 1, 1)), self.w))
+            return self.fc(F.adaptive_avg_pool2d(h, 1).flatten(1))
+
+    net = Net().eval()
+    graph = graph_of(net)
+    bound = bind(canonical(), graph)
+    conv = next(op for (op, _), n in zip(bound, graph.nodes) if n.kind == "conv")
+    assert conv.border == (1, 1, 1, 1) and conv.source is net.w
+    # all-zero image: every conv output is 0, so the flat fallback spreads each output's relevance
+    # over its window, the padding excepted: a corner output's 1 goes to its 4 real pixels
+    x = torch.zeros(1, 1, 2, 2)
+    xp = F.pad(x, (1, 1, 1, 1))
+    R = torch.zeros(1, 1, 2, 2)
+    R[0, 0, 0, 0] = 1.0
+    out = ZPlus(flat=True)(conv, xp, R)
+    assert torch.allclose(out[0, 0, 1:3, 1:3], torch.full((2, 2), 0.25)) and float(out.sum()) == pytest.approx(1.0)
+    assert float(out[0, 0, 0].abs().sum() + out[0, 0, :, 0].abs().sum()) == 0.0
+
+
+def test_functional_conv_uses_the_computed_weight():
+    from fgcam_lib.engine import bind, paper, graph_of
+
+    class StdConv(nn.Module):  # weight standardisation computed inside forward
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.randn(4, 3, 3, 3, generator=torch.Generator().manual_seed(0)))
+            self.fc = nn.Linear(4, 2, bias=False)
+
+        def std(self):
+            w = self.weight
+            return (w - w.mean((1, 2, 3), keepdim=True)) / w.std((1, 2, 3), keepdim=True)
+
+        def forward(self, x):
+            h = F.relu(F.conv2d(x, self.std(), padding=1))
+            return self.fc(h.mean((2, 3)))
+
+    net = StdConv().eval()
+    graph = graph_of(net)
+    conv = next(op for (op, _), n in zip(bind(paper(), graph), graph.nodes) if n.kind == "conv")
+    assert torch.allclose(conv.weight, net.std().detach()) and conv.source is None
+    same = nn.Conv2d(3, 4, 3, padding=1, bias=False)
+    same.weight.data = net.std().detach()
+    x = torch.rand(2, 3, 6, 6)
+    R = torch.rand(2, 4, 6, 6)
+    assert torch.allclose(ZPlus()(conv, x, R), ZPlus()(same, x, R))
+    # and an explainer over it equals one over the module-conv twin
+    twin = nn.Sequential(same, nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2, bias=False)).eval()
+    twin[4].weight.data = net.fc.weight.data
+    assert torch.allclose(FGCAM(net)(x, layer="input", target=1), FGCAM(twin)(x, layer="input", target=1), atol=1e-6)
+
+
+def test_reduce_sub_and_products_of_two_signals():
+    from fgcam_lib.engine.rules import Gate, Reduce, Sum
+    from fgcam_lib.engine.ops import CallOp, Slot
+
+    # sum over dim 1: where the sum is >= 0 the positive summands share it, else the negative ones
+    op = CallOp(torch.sum, (Slot(0),), {"dim": 1}, "sum")
+    x = torch.tensor([[[1.0, -1.0, 0.0]], [[3.0, -4.0, 0.0]]]).permute(1, 0, 2)  # B=1, 2 summands, 3 positions
+    R = torch.tensor([[2.0, 2.0, 3.0]])  # sums: 4, -5, 0
+    got = Reduce()(op, x, R)
+    assert torch.allclose(got, torch.tensor([[[0.5, 0.4, 1.5], [1.5, 1.6, 1.5]]]))  # -1, -4 share -5
+    # a - b: shares of a and -b
+    sub = CallOp(torch.sub, (Slot(0), Slot(1)), {}, "sub")
+    ra, rb = Sum()(sub, [torch.tensor([3.0]), torch.tensor([-1.0])], torch.tensor([8.0]), [True, True])
+    assert torch.allclose(ra, torch.tensor([6.0])) and torch.allclose(rb, torch.tensor([2.0]))
+    # a product of two unrelated signals of one size: half each
+    mul = CallOp(torch.mul, (Slot(0), Slot(1)), {}, "mul")
+    r1, r2 = Gate()(mul, [torch.ones(2), torch.ones(2)], torch.tensor([1.0, 3.0]), [True, True])
+    assert torch.equal(r1, torch.tensor([0.5, 1.5])) and torch.equal(r2, torch.tensor([0.5, 1.5]))

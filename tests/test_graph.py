@@ -453,6 +453,131 @@ PROPERTY = settings(max_examples=25, deadline=None, database=None, derandomize=T
                     suppress_health_check=[HealthCheck.too_slow])
 
 
+class ShiftedConvBN(nn.Module):
+    """conv (plain, depthwise or grouped) -> BatchNorm with trained-like statistics and shift -> ReLU."""
+
+    def __init__(self, c, kind):
+        super().__init__()
+        groups = {"dw": c, "group": 2 if c % 2 == 0 else 1}.get(kind, 1)
+        self.conv = nn.Conv2d(c, c, 3, padding=1, groups=groups)
+        self.bn = nn.BatchNorm2d(c)
+
+    def forward(self, x):
+        return F.relu(self.bn(self.conv(x)))
+
+
+class FunctionalBlock(nn.Module):
+    """F.conv2d with a standardised (computed) weight, a functional norm, a pad op before a conv."""
+
+    def __init__(self, c, kind):
+        super().__init__()
+        self.kind = kind
+        self.weight = nn.Parameter(torch.randn(c, c, 3, 3))
+        self.bias = nn.Parameter(torch.randn(c) * 0.1)
+        self.register_buffer("mean", torch.rand(c) * 0.4 - 0.2)
+        self.register_buffer("var", torch.rand(c) + 0.5)
+
+    def forward(self, x):
+        w = self.weight
+        if self.kind == "fconv":
+            w = (w - w.mean((1, 2, 3), keepdim=True)) / (w.std((1, 2, 3), keepdim=True) + 1e-5)
+            h = F.conv2d(x, w, self.bias, padding=1)
+            h = F.batch_norm(h, self.mean, self.var, None, self.bias, False, 0.0, 1e-5)
+        elif self.kind == "pad":
+            h = F.conv2d(F.pad(x, (1, 1, 1, 1)), w, self.bias)
+        elif self.kind == "reflect":
+            h = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), w, self.bias)
+        else:  # "gn": a functional group norm after the conv
+            h = F.group_norm(F.conv2d(x, w, self.bias, padding=1), 1)
+        return F.relu(h)
+
+
+class UpBlock(nn.Module):
+    """Upsampling by 2 (nearest or bilinear), a conv, then a 2 x 2 average pool back to the size."""
+
+    def __init__(self, c, mode):
+        super().__init__()
+        self.mode = mode
+        self.conv = nn.Conv2d(c, c, 3, padding=1)
+
+    def forward(self, x):
+        h = F.interpolate(x, scale_factor=2, mode=self.mode)
+        return F.avg_pool2d(F.relu(self.conv(h)), 2)
+
+
+class ShiftNet(nn.Module):
+    """Blocks with BN shifts, biases, depthwise and grouped convs, functional convs and norms, pads
+    and upsampling; a global-pool head. What a trained timm network has, small."""
+
+    def __init__(self, blocks, width, seed):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU())
+        mods = []
+        for name in blocks:
+            if name in ("dw", "group", "plain"):
+                mods.append(ShiftedConvBN(width, name))
+            elif name in ("fconv", "pad", "reflect", "gn"):
+                mods.append(FunctionalBlock(width, name))
+            else:
+                mods.append(UpBlock(width, name))
+        self.blocks = nn.Sequential(*mods)
+        self.fc = nn.Linear(width, 10)
+        _init(self, g)
+        for m in self.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(torch.rand(m.num_features, generator=g) * 0.4 - 0.2)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.bias.data.copy_(torch.rand(m.num_features, generator=g) * 0.4 - 0.1)
+
+    def forward(self, x):
+        return self.fc(F.adaptive_avg_pool2d(self.blocks(self.stem(x)), 1).flatten(1))
+
+
+SHIFT_BLOCKS = ("dw", "group", "plain", "fconv", "pad", "reflect", "gn", "nearest", "bilinear")
+
+
+@st.composite
+def shift_nets(draw):
+    blocks = draw(st.lists(st.sampled_from(SHIFT_BLOCKS), min_size=1, max_size=4))
+    width = draw(st.sampled_from([2, 4]))
+    seed = draw(st.integers(0, 2**20))
+    return ShiftNet(blocks, width, seed).eval(), seed
+
+
+@PROPERTY
+@given(shift_nets())
+def test_shifted_graphs_conserve_with_the_canonical_preset(net_seed):
+    # every cut between the component layer and the input carries the summed components, to
+    # 1e-4 of the summed |components|, although BN shifts and biases give outputs no input feeds
+    net, seed = net_seed
+    x = _images(seed).clamp(-2, 2)
+    fg = FGCAM(net, rules="canonical", mean=(0.5,) * 3, std=(0.5,) * 3)
+    cuts = ["input", "stem"] + [f"blocks.{k}" for k in range(len(net.blocks))]
+    f = fg.explain(x, layer=cuts + [fg.component_layer])
+    top = f.components[fg.component_layer].double()
+    scale = top.abs().sum((1, 2, 3)) + 1e-12
+    for k in cuts:
+        lost = (f.components[k].double().sum((1, 2, 3)) - top.sum((1, 2, 3))) / scale
+        assert float(lost.abs().max()) < 1e-4, (k, lost.tolist())
+
+
+@PROPERTY
+@given(shift_nets())
+def test_shifted_graphs_batched_equals_one_by_one(net_seed):
+    net, seed = net_seed
+    x = _images(seed)
+    target = [3, 0, 7]
+    for ex in (FGCAM(net, rules="canonical"), LRP(net, rules="canonical")):
+        batched = ex.explain(x, target=target, layer=["input", "stem"])
+        for i in range(len(x)):
+            single = ex.explain(x[i : i + 1], target=target[i], layer=["input", "stem"])
+            for k in ("input", "stem"):
+                b, s1 = batched.components[k][i], single.components[k][0]
+                assert torch.allclose(b, s1, rtol=1e-4, atol=1e-4 * (float(b.abs().max()) + 1e-12)), (k, i)
+
+
 def _images(seed, n=3, size=8):
     return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed + 1))
 

@@ -1,0 +1,187 @@
+"""Does the engine run a model, and does it conserve relevance there? One row per model.
+
+:func:`check_model` runs FG-Grad-CAM, Grad-CAM and LRP on a model at its component layer,
+a middle stage and the input, and measures, per preset, how much of the summed components
+reaches the input. :data:`TIMM_FAMILIES` names one small model per timm CNN family and
+:func:`torchvision_cnns` lists torchvision's classification CNNs: the zoo the test suite and
+``python -m fgcam_lib.evaluation.zoo`` (the README's supported-architectures table) run, with
+BatchNorm statistics like a trained network's (:func:`trained_like_bn`).
+
+    >>> row = check_model(model, torch.randn(2, 3, 96, 96))
+    >>> row["lost_canonical"], row["lost_paper"], row["error"]
+"""
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["TIMM_FAMILIES", "SIZES", "torchvision_cnns", "trained_like_bn", "check_model", "relevance_lost",
+           "middle_layer", "build", "main"]
+
+#: one small model per timm CNN family: family -> model name (timm 1.0)
+TIMM_FAMILIES: dict[str, str] = {
+    "ResNet": "resnet10t", "SE-ResNet": "seresnet18", "ECA-ResNet": "ecaresnet26t",
+    "ResNet-AA (anti-aliased)": "resnetaa34d", "ResNet blur pool": "resnetblur18", "ResNet-RS": "resnetrs50",
+    "ResNetV2 (pre-activation)": "resnetv2_18", "Res2Net / Res2NeXt": "res2next50", "ResNeSt": "resnest14d",
+    "SKNet": "skresnet18", "SENet (legacy)": "legacy_seresnet18", "DLA": "dla46x_c", "DPN": "dpn48b",
+    "DenseNet": "densenet121", "VoVNet": "ese_vovnet19b_dw", "CSPNet": "cspresnet50", "CS3-DarkNet": "cs3darknet_focus_s",
+    "DarkNet": "darknet17", "RegNetX": "regnetx_002", "RegNetY": "regnety_002", "RegNetZ": "regnetz_005",
+    "ReXNet": "rexnet_100", "EfficientNet": "efficientnet_b0", "EfficientNet-Lite": "efficientnet_lite0",
+    "EfficientNetV2": "efficientnetv2_rw_t", "TF EfficientNet ('same' padding)": "tf_efficientnet_b0",
+    "TF EfficientNetV2": "tf_efficientnetv2_b0", "MixNet": "mixnet_s", "TF MixNet": "tf_mixnet_s",
+    "MnasNet": "mnasnet_050", "SPNASNet": "spnasnet_100", "FBNet": "fbnetc_100", "MobileNetV2": "mobilenetv2_035",
+    "TinyNet": "tinynet_e", "LCNet": "lcnet_035", "MobileNetV3": "mobilenetv3_small_050",
+    "TF MobileNetV3": "tf_mobilenetv3_small_075", "FBNetV3": "fbnetv3_b", "GhostNet": "ghostnet_050",
+    "GhostNetV3": "ghostnetv3_050", "HardCoReNAS": "hardcorenas_a", "RepGhostNet": "repghostnet_050",
+    "RepViT": "repvit_m1", "HGNetV2": "hgnetv2_b0", "HGNet": "hgnet_tiny", "HRNet": "hrnet_w18_small",
+    "Inception-v3": "inception_v3", "Inception-v4": "inception_v4", "Inception-ResNet-v2": "inception_resnet_v2",
+    "Xception (legacy)": "legacy_xception", "Xception (aligned)": "xception41p", "NF-ResNet": "nf_resnet26",
+    "NF-RegNet": "nf_regnet_b0", "ECA-NFNet": "eca_nfnet_l0", "SelecSLS": "selecsls42b", "TResNet": "tresnet_m",
+    "VGG (timm)": "vgg11", "ConvNeXt": "convnext_atto", "ConvNeXt-V2": "convnextv2_atto",
+    "ConvMixer": "convmixer_768_32", "InceptionNeXt": "inception_next_atto", "FasterNet": "fasternet_t0",
+    "StarNet": "starnet_s050", "MambaOut": "mambaout_femto", "PoolFormer": "poolformer_s12",
+    "PoolFormerV2": "poolformerv2_s12", "ConvFormer": "convformer_s18", "GENet": "gernet_s", "RepVGG": "repvgg_a0",
+    "MobileOne": "mobileone_s1", "ResNeXt (BYOB)": "resnext26ts", "GC-ResNeXt": "gcresnext26ts",
+    "LCNetV2": "lcnetv2_small", "RDNet": "rdnet_tiny", "CSPNeXt": "cspnext_tiny", "CPUBone": "cpubone_nano",
+    "MobileNet-EdgeTPU": "mobilenet_edgetpu_100", "EfficientNet-ES (EdgeTPU)": "efficientnet_es",
+    "SE-MnasNet": "semnasnet_050", "CondConv EfficientNet": "efficientnet_cc_b0_4e",
+}
+
+#: input sizes for models that need more than the default
+SIZES: dict[str, int] = {"inception_v3": 96, "inception_v4": 96, "inception_resnet_v2": 96, "googlenet": 96,
+                         "legacy_xception": 96, "hrnet_w18_small": 96}
+
+#: families that are not CNNs: left to the transformer work
+_TRANSFORMERS = ("vit_", "swin_", "maxvit_")
+
+
+def torchvision_cnns() -> list[str]:
+    """torchvision's classification models, transformers (ViT, Swin, MaxViT) left out."""
+    import torchvision
+
+    return [n for n in torchvision.models.list_models(module=torchvision.models) if not n.startswith(_TRANSFORMERS)]
+
+
+def trained_like_bn(model: nn.Module, seed: int = 0) -> nn.Module:
+    """BatchNorm statistics like a trained network's, in place: running means in [-0.2, 0.2],
+    running variances in [0.5, 1.5], scales in [0.5, 1.5], shifts in [-0.1, 0.3]. Fresh
+    initialisation makes every BN the identity, which hides what a shift does to relevance."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
+                n = m.num_features
+                m.running_mean.copy_(torch.rand(n, generator=g) * 0.4 - 0.2)
+                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+                if m.affine:
+                    m.weight.copy_(torch.rand(n, generator=g) + 0.5)
+                    m.bias.copy_(torch.rand(n, generator=g) * 0.4 - 0.1)
+    return model
+
+
+def build(name: str, source: str = "timm", num_classes: int = 10) -> nn.Module:
+    """A random-init model from timm or torchvision, trained-like BN statistics, eval mode."""
+    torch.manual_seed(0)
+    if source == "timm":
+        import timm
+
+        model = timm.create_model(name, num_classes=num_classes)
+    else:
+        import torchvision
+
+        kwargs: dict[str, Any] = {"num_classes": num_classes}
+        if name in ("googlenet", "inception_v3"):
+            kwargs["aux_logits"] = False
+            kwargs["init_weights"] = False
+        model = torchvision.models.get_model(name, weights=None, **kwargs)
+    return trained_like_bn(model).eval()
+
+
+def middle_layer(explainer: Any, x: torch.Tensor) -> str:
+    """A stage between the input and the component layer, by module path: the middle one of
+    the model's resolutions (ResNet: ``layer2``)."""
+    from ..engine.walk import forward
+
+    graph = explainer.graph
+    shapes = forward(graph, x[:1]).shapes
+    stages = [p for p in graph.stages(shapes) if p != explainer.component_position]
+    return graph.name(stages[len(stages) // 2]) if stages else graph.name(explainer.component_position)
+
+
+def relevance_lost(model: nn.Module, x: torch.Tensor, rules: str) -> float:
+    """FG-Grad-CAM from the component layer to the input: the largest, over the images, of
+    (summed components - summed input relevance) / summed |components|."""
+    from ..methods.fgcam import FGCAM
+
+    fg = FGCAM(model, rules=rules)
+    e = fg.explain(x, layer=["input", fg.component_layer])
+    top = e.components[fg.component_layer].double()
+    lost = top.sum((1, 2, 3)) - e.components["input"].double().sum((1, 2, 3))
+    return float((lost / top.abs().sum((1, 2, 3)).clamp_min(1e-30)).abs().max())
+
+
+def check_model(model: nn.Module, x: torch.Tensor) -> dict[str, Any]:
+    """Run FG-Grad-CAM (canonical), Grad-CAM and LRP at the component layer, a middle stage
+    and the input; measure relevance lost per preset. Errors are caught and reported."""
+    from ..methods.cam import GradCAM
+    from ..methods.fgcam import FGCAM, LRP
+
+    row: dict[str, Any] = {"component_layer": "", "middle_layer": "", "lost_canonical": float("nan"),
+                           "lost_paper": float("nan"), "error": ""}
+    start = time.perf_counter()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fg = FGCAM(model, rules="canonical")
+            row["component_layer"] = fg.component_layer
+            mid = row["middle_layer"] = middle_layer(fg, x)
+            maps = fg(x, layer=["input", mid])
+            assert all(bool(torch.isfinite(m).all()) for m in maps.values())
+            GradCAM(model)(x, layer=[fg.component_layer, mid])
+            LRP(model, rules="canonical")(x, layer=["input", mid])
+            row["lost_canonical"] = relevance_lost(model, x, "canonical")
+            row["lost_paper"] = relevance_lost(model, x, "paper")
+    except Exception as exc:  # the row says what stopped it
+        row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+    row["seconds"] = time.perf_counter() - start
+    return row
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Check the zoo and write a CSV (one row per model) and the README's Markdown table."""
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    p = argparse.ArgumentParser(prog="python -m fgcam_lib.evaluation.zoo", description=main.__doc__)
+    p.add_argument("--out", default="results/zoo.csv")
+    p.add_argument("--size", type=int, default=64, help="input side in pixels (SIZES overrides per model)")
+    p.add_argument("--only", nargs="*", help="model names to check (default: the whole zoo)")
+    args = p.parse_args(argv)
+    jobs = [("timm", fam, name) for fam, name in TIMM_FAMILIES.items()]
+    jobs += [("torchvision", name, name) for name in torchvision_cnns()]
+    if args.only:
+        jobs = [j for j in jobs if j[2] in args.only]
+    rows = []
+    for source, family, name in tqdm(jobs, desc="zoo"):
+        size = SIZES.get(name, args.size)
+        x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+        try:
+            model = build(name, source)
+        except Exception as exc:
+            rows.append({"source": source, "family": family, "model": name, "size": size,
+                         "error": f"does not build: {type(exc).__name__}"})
+            continue
+        rows.append({"source": source, "family": family, "model": name, "size": size, **check_model(model, x)})
+        del model
+    table = pd.DataFrame(rows)
+    table.to_csv(args.out, index=False)
+    print(table.drop(columns=["seconds"]).to_markdown(index=False, floatfmt=".1e"))
+
+
+if __name__ == "__main__":
+    main()

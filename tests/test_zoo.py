@@ -1,0 +1,90 @@
+"""The zoo: one small model per timm CNN family and torchvision's classification CNNs, random
+init with BatchNorm statistics like a trained network's. Each runs FG-Grad-CAM, Grad-CAM and LRP
+at two layers; Grad-CAM equals a forward hook + autograd reference; the canonical preset
+conserves relevance from the component layer to the input to 1e-4 of the summed |components|;
+the model is unchanged. What does not run is listed with its reason (also in the README)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fgcam_lib import FGCAM, GradCAM
+from fgcam_lib.evaluation.zoo import SIZES, TIMM_FAMILIES, build, check_model, torchvision_cnns
+
+#: models that do not run, and the start of the one-line error that says why
+NOT_RUNNING = {
+    "gcresnext26ts": "no rule for layer 'stages.3.1.attn.matmul' (matmul)",  # global-context attention
+    "cpubone_nano": "no rule for layer 'stages.3.2.total.0.0.main.1' (ConvAttention)",  # an fx leaf of timm's
+    "efficientnet_cc_b0_4e": "its weight depends on the input",  # CondConv: a dynamic convolution
+}
+
+TOLERANCE = 1e-4
+
+
+@pytest.fixture(scope="module", autouse=True)
+def two_threads():
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(old)
+
+
+def _gradcam_reference(model, x, layer, target):
+    """Grad-CAM from a forward hook on module ``layer`` and autograd."""
+    module = model.get_submodule(layer)
+    acts = []
+    handle = module.register_forward_hook(lambda m, i, o: acts.append(o))
+    try:
+        with torch.enable_grad():
+            logits = model(x)
+            A = acts[-1]
+            (G,) = torch.autograd.grad(logits.gather(1, target[:, None]).sum(), A)
+    finally:
+        handle.remove()
+    return (G.mean((2, 3), keepdim=True) * A).sum(1).clamp(min=0).detach()
+
+
+def _check(model, name):
+    size = SIZES.get(name, 64)
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    if name in NOT_RUNNING:
+        with pytest.raises(TypeError, match=NOT_RUNNING[name].replace("(", "\\(").replace(")", "\\)")):
+            FGCAM(model, rules="canonical")(x, layer="input")
+        return
+    row = check_model(model, x)
+    assert row["error"] == "", row["error"]
+    assert row["lost_canonical"] <= TOLERANCE, row
+    # the model is unchanged: parameters, buffers, modes, no hooks left
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not any(m.training for m in model.modules())
+    assert not any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks for m in model.modules())
+    # Grad-CAM at the component layer against hooks + autograd, where the layer is a module
+    layer = row["component_layer"]
+    names = dict(model.named_modules())
+    if layer in names:
+        gc = GradCAM(model)
+        e = gc.explain(x, layer=layer)
+        ref = _gradcam_reference(model, x, layer, e.target)
+        got = e.map(layer)
+        assert torch.allclose(got, ref, rtol=1e-4, atol=1e-5 * (float(ref.abs().max()) + 1e-12)), name
+
+
+@pytest.mark.parametrize("family, name", list(TIMM_FAMILIES.items()), ids=list(TIMM_FAMILIES.values()))
+def test_timm_family(family, name):
+    pytest.importorskip("timm")
+    _check(build(name, "timm"), name)
+
+
+@pytest.mark.parametrize("name", torchvision_cnns())
+def test_torchvision_cnn(name):
+    _check(build(name, "torchvision"), name)
+
+
+def test_zoo_is_large_enough():
+    timm = pytest.importorskip("timm")
+    assert len(TIMM_FAMILIES) >= 40
+    available = set(timm.list_models())
+    assert set(TIMM_FAMILIES.values()) <= available
+    assert len(torchvision_cnns()) >= 60
