@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -194,11 +195,21 @@ def make_data(cfg: TrainConfig) -> SceneData:
     return SceneData(images, targets, val_x, val_c, checksum)
 
 
+#: channels-last training on CPU halves the step cost (TRAINING.md), but torch 2.14.1's CPU backward
+#: of a strided 1x1 conv in channels-last corrupts the heap on some processors (seen on AMD EPYC:
+#: "double free or corruption"), so it is off unless FGCAM_CHANNELS_LAST=1
+CHANNELS_LAST_ON_CPU = os.environ.get("FGCAM_CHANNELS_LAST") == "1"
+
+
+def _channels_last(cfg: TrainConfig) -> bool:
+    return cfg.device == "cpu" and CHANNELS_LAST_ON_CPU
+
+
 def make_model(cfg: TrainConfig) -> nn.Module:
     """The config's architecture, freshly initialised from the torch seed, on ``cfg.device``."""
     torch.manual_seed(cfg.seed)
     model = build_bundled(cfg.arch, n_classes=len(CLASSES), **cfg.arch_kwargs()).to(cfg.device)
-    if cfg.device == "cpu":  # channels_last halves the step cost on CPU (TRAINING.md)
+    if _channels_last(cfg):
         model = model.to(memory_format=torch.channels_last)
     return model
 
@@ -226,7 +237,7 @@ def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, sched: OneCycle, d
     from it step by step, so a run resumed mid-epoch passes the saved ``gen_state``.
     """
     model.train()
-    channels_last = cfg.device == "cpu"
+    channels_last = _channels_last(cfg)
     steps_per_epoch = math.ceil(len(data.images) / cfg.batch)
     gen.manual_seed(cfg.seed * 1000 + state.epoch)
     order = torch.randperm(len(data.images), generator=gen)
@@ -360,7 +371,7 @@ def write_card(model: nn.Module, cfg: TrainConfig, state: TrainState, metrics: d
 
 def _val_epoch_end(model: nn.Module, data: SceneData, cfg: TrainConfig, state: TrainState) -> None:
     """Held-out val accuracy, appended to the history with the epoch's loss, steps and time."""
-    val = top1_accuracy(predict(model, data.val_images, device=cfg.device, channels_last=cfg.device == "cpu"),
+    val = top1_accuracy(predict(model, data.val_images, device=cfg.device, channels_last=_channels_last(cfg)),
                         data.val_classes)
     n = max(state.k, 1)
     state.history.append({"epoch": state.epoch + 1, "steps": state.k, "loss": state.run_loss / n, "val_top1": val,

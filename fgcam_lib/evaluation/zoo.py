@@ -125,14 +125,19 @@ def relevance_lost(model: nn.Module, x: torch.Tensor, rules: str) -> float:
     return float((lost / top.abs().sum((1, 2, 3)).clamp_min(1e-30)).abs().max())
 
 
+def _line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+
+
 def check_model(model: nn.Module, x: torch.Tensor) -> dict[str, Any]:
     """Run FG-Grad-CAM (canonical), Grad-CAM and LRP at the component layer, a middle stage
-    and the input; measure relevance lost per preset. Errors are caught and reported."""
+    and the input; measure relevance lost per preset. Errors are caught and reported:
+    ``error`` for FG-CAM and the CAMs, ``lrp_error`` for LRP from the logits."""
     from ..methods.cam import GradCAM
     from ..methods.fgcam import FGCAM, LRP
 
     row: dict[str, Any] = {"component_layer": "", "middle_layer": "", "lost_canonical": float("nan"),
-                           "lost_paper": float("nan"), "error": ""}
+                           "lost_paper": float("nan"), "error": "", "lrp_error": ""}
     start = time.perf_counter()
     try:
         with warnings.catch_warnings():
@@ -143,11 +148,17 @@ def check_model(model: nn.Module, x: torch.Tensor) -> dict[str, Any]:
             maps = fg(x, layer=["input", mid])
             assert all(bool(torch.isfinite(m).all()) for m in maps.values())
             GradCAM(model)(x, layer=[fg.component_layer, mid])
-            LRP(model, rules="canonical")(x, layer=["input", mid])
             row["lost_canonical"] = relevance_lost(model, x, "canonical")
             row["lost_paper"] = relevance_lost(model, x, "paper")
     except Exception as exc:  # the row says what stopped it
-        row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+        row["error"] = _line(exc)
+    if not row["error"]:
+        try:  # LRP starts at the logits: the head above the component layer needs rules too
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                LRP(model, rules="canonical")(x, layer=["input", row["middle_layer"]])
+        except Exception as exc:
+            row["lrp_error"] = _line(exc)
     row["seconds"] = time.perf_counter() - start
     return row
 
