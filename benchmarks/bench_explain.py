@@ -28,8 +28,12 @@ explainer built first); on CPU the peak RSS during the call minus the RSS before
 (``VmHWM`` from ``/proc/self/status``, reset before the call), on CUDA
 ``torch.cuda.max_memory_allocated`` minus the memory allocated before the call.
 
+``--models timm`` times three timm models of different families (random weights, BatchNorm
+statistics like a trained network's): ``python benchmarks/bench_explain.py --models timm --batches 8
+--rows fg_4 --threads 2``.
+
 Targets: FG-Grad-CAM at four layers in one call <= 1.5x forward+backward at batch 16 on
-ResNet-50 and DenseNet-121; our LRP faster than zennit's on ResNet-50; VGG16-BN's
+ResNet-50 and DenseNet-121, and at batch 8 on the timm models; our LRP faster than zennit's on ResNet-50; VGG16-BN's
 four-layer ratio no worse than the README's 1.01 at batch 16. With ``--score-cam-batches``
 (VGG16-BN only; 512 masked forward passes per image): FG-Score-CAM <= 1.1x its Score-CAM
 weights.
@@ -106,9 +110,31 @@ class Result:
     peak_note: str = ""
 
 
+#: timm models of three families the issue on real networks names (``--models timm``): fused
+#: BatchNormAct2d (functional batch_norm), squeeze-excitation, cross-stage partial stages
+TIMM_MODELS = ["timm:efficientnet_b0", "timm:regnety_008", "timm:cspresnet50"]
+
+
+def four_layers(name: str, fg: FGCAM, x: torch.Tensor) -> list:
+    """The four layers FG-Grad-CAM explains in one call: the table above, else (timm) the input
+    and the three stages below the component layer at the deepest resolutions."""
+    if name in FOUR_LAYERS:
+        return FOUR_LAYERS[name]
+    shapes = forward(fg.graph, x[:1]).shapes
+    stages = [p for p in fg.graph.stages(shapes) if p != fg.component_position]
+    return ["input"] + [fg.graph.name(p) for p in stages[:3]]
+
+
 def build_model(name: str, device: torch.device, channels_last: bool = False) -> torch.nn.Module:
     torch.manual_seed(0)
-    model = getattr(torchvision.models, name)().eval().to(device)
+    if name.startswith("timm:"):
+        import timm
+
+        from fgcam_lib.evaluation.zoo import trained_like_bn
+
+        model = trained_like_bn(timm.create_model(name[5:])).eval().to(device)
+    else:
+        model = getattr(torchvision.models, name)().eval().to(device)
     return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
@@ -142,7 +168,7 @@ def build_rows(name: str, model: torch.nn.Module, x: torch.Tensor, device: torch
     if want("gradcam"):
         gradcam = GradCAM(model)
         rows["gradcam"] = (LABELS["gradcam"].format(layer=fg.component_layer), lambda: gradcam(x))
-    if want("pgc"):
+    if want("pgc") and name in PGC_LAYER:
         try:
             from pytorch_grad_cam import GradCAM as PGCGradCAM
 
@@ -159,7 +185,7 @@ def build_rows(name: str, model: torch.nn.Module, x: torch.Tensor, device: torch
     if want("fg_input"):
         rows["fg_input"] = (LABELS["fg_input"], lambda: fg(x, layer="input"))
     if want("fg_4"):
-        layers = FOUR_LAYERS[name]
+        layers = four_layers(name, fg, x)
         rows["fg_4"] = (LABELS["fg_4"], lambda: fg(x, layer=layers))
     if want("lrp"):
         lrp = LRP(model)
@@ -360,6 +386,10 @@ def targets(results: list[Result]) -> list[str]:
             lines.append(f"- [{dev}] LRP faster than zennit's, resnet50 batch {b}: {verdict(ours.seconds < theirs.seconds)} "
                          f"(ours {ours.ratio:.2f}x, zennit {theirs.ratio:.2f}x fwd+bwd; "
                          f"{ours.seconds:.3f} s vs {theirs.seconds:.3f} s)")
+        for (m, b, d, k), r in by.items():
+            if m.startswith("timm:") and k == "fg_4" and d == dev:
+                lines.append(f"- [{dev}] FG-Grad-CAM 4 layers <= 1.5x fwd+bwd, {m} batch {b}: "
+                             f"{verdict(r.ratio <= 1.5)} ({r.ratio:.2f}x; fastest runs {r.min_ratio:.2f}x)")
         r = by.get(("vgg16_bn", 16, dev, "fg_4"))
         if r is None:
             lines.append(f"- [{dev}] VGG16-BN no worse than README (4 layers 1.01x at batch 16): not measured")
@@ -385,7 +415,8 @@ def _list(kind):
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", type=_list(str), default=MODELS, help="comma-separated, from " + ",".join(MODELS))
+    ap.add_argument("--models", type=_list(str), default=MODELS,
+                    help="comma-separated, from " + ",".join(MODELS) + ", timm:NAME, or timm (" + ",".join(TIMM_MODELS) + ")")
     ap.add_argument("--batches", type=_list(int), nargs="+", default=[[1, 16]], help="e.g. 1,16 (or 1 16)")
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--repeats", type=int, default=3)
@@ -409,7 +440,8 @@ def main(argv: list[str] | None = None) -> None:
         _child(args._child, args.size, torch.device(args.device or "cpu"), bool(args.score_cam_batches),
                args.channels_last)
         return
-    unknown = [m for m in args.models if m not in FOUR_LAYERS]
+    args.models = [m for group in args.models for m in (TIMM_MODELS if group == "timm" else [group])]
+    unknown = [m for m in args.models if m not in FOUR_LAYERS and not m.startswith("timm:")]
     if unknown:
         ap.error(f"unknown models {unknown}; use {','.join(MODELS)}")
     if args.device == "cuda" and not torch.cuda.is_available():

@@ -1127,3 +1127,64 @@ def test_constant_expanded_to_the_batch_is_a_constant():
     # the image's relevance is what the cat routes to the conv branch; the token's slice is the constant's
     assert torch.allclose(e.components["input"].sum((1, 2, 3)), e.components["cat"][:, :2].sum((1, 2, 3)),
                           rtol=1e-4, atol=1e-7)
+
+
+class FixedPoolHead(nn.Module):
+    """pretrainedmodels' head layout: a pool the size of the last map (1 x 1 out at 224 px), a
+    dropout, ``x.view(x.size(0), -1)``, a linear layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(*[m for c in (3, 4, 4, 4, 4) for m in (nn.Conv2d(c, 4, 3, 2, 1), nn.ReLU())])
+        self.avg_pool = nn.AvgPool2d(7)
+        self.dropout = nn.Dropout(0.2)
+        self.last_linear = nn.Linear(4, 10)
+
+    def forward(self, x):
+        x = self.dropout(self.avg_pool(self.features(x)))
+        return self.last_linear(x.view(x.size(0), -1))
+
+
+def test_component_layer_is_the_last_map_with_spatial_extent():
+    net = FixedPoolHead().eval()
+    fg = FGCAM(net)
+    assert fg.component_layer == "features"
+    assert fg(torch.randn(1, 3, 224, 224), layer=fg.component_layer).shape == (1, 7, 7)
+
+
+class Branchy(nn.Module):
+    """Control flow on the data: fx cannot trace through it."""
+
+    def forward(self, x):
+        return x * 2 if x.sum() > 0 else x
+
+
+class NetWithBranchy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.branchy = Branchy()
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(F.adaptive_avg_pool2d(self.branchy(F.relu(self.conv(x))), 1).flatten(1))
+
+
+def test_untraceable_module_is_named_and_can_be_marked_a_leaf(monkeypatch):
+    from fgcam_lib.engine import Pass
+    from fgcam_lib.engine.graph import LEAVES, register_leaf
+
+    with pytest.raises(TypeError, match=r"in module 'branchy' \(Branchy\): trace it as one node with "
+                                        r"fgcam_lib.engine.register_leaf"):
+        FGCAM(NetWithBranchy())
+    monkeypatch.setattr("fgcam_lib.engine.graph.LEAVES", dict(LEAVES))
+    register_leaf(Branchy)
+    net = NetWithBranchy().eval()
+    x = torch.rand(2, 3, 8, 8)
+    with pytest.raises(TypeError, match=r"no rule for layer 'branchy' \(Branchy\)"):
+        FGCAM(net)(x, layer="input")
+    maps = FGCAM(net, rules={"branchy": Pass()})(x, layer="input")
+    assert maps.shape == (2, 8, 8) and bool(torch.isfinite(maps).all())
+    register_leaf(Branchy, kind="act")  # or by kind: the preset's rule for activations
+    assert torch.equal(FGCAM(copy.deepcopy(net))(x, layer="input", target=[0, 1]),  # a new model: traced anew
+                       FGCAM(net, rules={"branchy": Pass()})(x, layer="input", target=[0, 1]))

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fgcam_lib import FGCAM, GradCAM
-from fgcam_lib.evaluation.zoo import SIZES, TIMM_FAMILIES, build, check_model, torchvision_cnns
+from fgcam_lib.evaluation.zoo import SIZES, TIMM_FAMILIES, build, check_model, torchvision_cnns, zoo_input
 
 #: models that do not run, and the start of the one-line error that says why
 NOT_RUNNING = {
@@ -51,8 +51,7 @@ def _gradcam_reference(model, x, layer, target):
 
 
 def _check(model, name, source):
-    size = SIZES.get(name, 64)
-    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    x = zoo_input(model, SIZES.get(name, 64))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     if name in NOT_RUNNING:
         with pytest.raises(TypeError, match=NOT_RUNNING[name].replace("(", "\\(").replace(")", "\\)")):

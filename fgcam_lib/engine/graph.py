@@ -27,6 +27,7 @@ Layer names:
 from __future__ import annotations
 
 import difflib
+import logging
 import operator
 import sys
 import weakref
@@ -230,7 +231,10 @@ class Graph:
             modules = {id(n.module): n.module for n in self.nodes if n.module is not None}
             flags = [(m, m.training) for m in modules.values()]
             shapes: dict[int, Any] = {}
+            quiet = logging.getLogger("torch._subclasses.fake_tensor")
+            level = quiet.level
             try:
+                quiet.setLevel(logging.CRITICAL)  # an op fake tensors cannot run is an answer here, not an error
                 for m in modules.values():
                     m.training = False
                 with torch.no_grad(), FakeTensorMode(allow_non_fake_inputs=True):
@@ -243,6 +247,7 @@ class Graph:
             except Exception:  # an op meta tensors cannot run: the shapes found so far
                 pass
             finally:
+                quiet.setLevel(level)
                 for m, flag in flags:
                     m.training = flag
             self._shapes[size] = shapes
@@ -285,7 +290,10 @@ class Graph:
         dropout after it, timm VGG's conv head), the last map with spatial extent > 1 before it."""
         if self.nodes[c].kind not in ("avgpool", "maxpool", "other", None):
             return c  # a conv, norm, activation, add... keeps its input's extent: no need for shapes
-        shapes = self.shapes_at(224)
+        for size in (224, 299, 331, 448):  # ImageNet sizes: some heads pool a fixed window (PolyNet's at 331)
+            shapes = self.shapes_at(size)
+            if self.output in shapes:
+                break
         while c != INPUT and c in shapes and len(shapes[c]) == 4 and shapes[c][2] * shapes[c][3] == 1:
             data = [j for j in self.nodes[c].inputs if j == INPUT or self.nodes[j].data]
             if len(data) != 1 or data[0] == INPUT or data[0] not in shapes:

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 __all__ = ["TIMM_FAMILIES", "SIZES", "torchvision_cnns", "trained_like_bn", "check_model", "relevance_lost",
-           "middle_layer", "build", "main"]
+           "middle_layer", "build", "zoo_input", "markdown", "main"]
 
 #: one small model per timm CNN family: family -> model name (timm 1.0)
 TIMM_FAMILIES: dict[str, str] = {
@@ -102,6 +102,12 @@ def build(name: str, source: str = "timm", num_classes: int = 10) -> nn.Module:
     return trained_like_bn(model).eval()
 
 
+def zoo_input(model: nn.Module, size: int) -> torch.Tensor:
+    """Two random images (one for models over 50M parameters, to keep the zoo's time down)."""
+    n = 1 if sum(p.numel() for p in model.parameters()) > 50_000_000 else 2
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(0))
+
+
 def middle_layer(explainer: Any, x: torch.Tensor) -> str:
     """A stage between the input and the component layer, by module path: the middle one of
     the model's resolutions (ResNet: ``layer2``)."""
@@ -172,6 +178,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--out", default="results/zoo.csv")
     p.add_argument("--size", type=int, default=64, help="input side in pixels (SIZES overrides per model)")
     p.add_argument("--only", nargs="*", help="model names to check (default: the whole zoo)")
+    p.add_argument("--markdown", default="docs/zoo.md", help="where the Markdown table goes ('' for nowhere)")
     args = p.parse_args(argv)
     jobs = [("timm", fam, name) for fam, name in TIMM_FAMILIES.items()]
     jobs += [("torchvision", name, name) for name in torchvision_cnns()]
@@ -180,18 +187,40 @@ def main(argv: Sequence[str] | None = None) -> None:
     rows = []
     for source, family, name in tqdm(jobs, desc="zoo"):
         size = SIZES.get(name, args.size)
-        x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
         try:
             model = build(name, source)
         except Exception as exc:
             rows.append({"source": source, "family": family, "model": name, "size": size,
                          "error": f"does not build: {type(exc).__name__}"})
             continue
+        x = zoo_input(model, size)
         rows.append({"source": source, "family": family, "model": name, "size": size, **check_model(model, x)})
         del model
     table = pd.DataFrame(rows)
     table.to_csv(args.out, index=False)
-    print(table.drop(columns=["seconds"]).to_markdown(index=False, floatfmt=".1e"))
+    text = markdown(table)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(text)
+    print(text)
+
+
+def markdown(table: Any) -> str:
+    """The per-model table as Markdown: what runs, the component layer, relevance lost per preset."""
+    def cell(v: float) -> str:
+        return "-" if v != v else ("< 1e-7" if v < 1e-7 else f"{v:.1e}")
+
+    lines = ["| source | family | model | px | component layer | FG-CAM, CAMs | LRP | lost, canonical | lost, paper |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in table.itertuples():
+        error, lrp = (getattr(r, "error", "") or ""), (getattr(r, "lrp_error", "") or "")
+        error, lrp = ("" if error != error else error), ("" if lrp != lrp else lrp)
+        runs = "runs" if not error else f"no: {error.replace('|', '/')}"
+        lrp_text = "-" if error else ("runs" if not lrp else f"no: {lrp.replace('|', '/')}")
+        layer = f"`{r.component_layer}`" if isinstance(r.component_layer, str) and r.component_layer else "-"
+        lines.append(f"| {r.source} | {r.family} | `{r.model}` | {r.size} | {layer} | {runs} | {lrp_text} | "
+                     f"{cell(r.lost_canonical)} | {cell(r.lost_paper)} |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
