@@ -543,3 +543,40 @@ def test_reduce_sub_and_products_of_two_signals():
     mul = CallOp(torch.mul, (Slot(0), Slot(1)), {}, "mul")
     r1, r2 = Gate()(mul, [torch.ones(2), torch.ones(2)], torch.tensor([1.0, 3.0]), [True, True])
     assert torch.equal(r1, torch.tensor([0.5, 1.5])) and torch.equal(r2, torch.tensor([0.5, 1.5]))
+
+
+def test_held_matmul_known_answer_and_the_gate_found_through_reshapes():
+    from fgcam_lib.engine.rules import HeldMatmul
+    from fgcam_lib.engine.ops import CallOp, Slot
+
+    mm = CallOp(torch.matmul, (Slot(0), Slot(1)), {}, "matmul")
+    mm.gate = 1  # the second operand is computed from the first
+    x = torch.tensor([[2.0, 4.0]])
+    a = torch.tensor([[0.25], [0.75]])
+    rx, ra = HeldMatmul()(mm, [x, a], torch.tensor([[7.0]]), [True, True])
+    # z = 2 * 0.25 + 4 * 0.75 = 3.5: shares 0.5 / 3.5 and 3 / 3.5 of 7
+    assert torch.allclose(rx, torch.tensor([[1.0, 6.0]])) and ra is None
+    # no positive contribution: flat over the entries the output reads
+    rx, _ = HeldMatmul(flat=True)(mm, [torch.zeros(1, 2), a], torch.tensor([[7.0]]), [True, True])
+    assert torch.allclose(rx, torch.tensor([[3.5, 3.5]]))
+
+    class GlobalContext(nn.Module):  # timm's GCNet attention: x.reshape(B, C, HW) @ softmax(conv(x))
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.attn = nn.Conv2d(4, 1, 1)
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x):
+            h = F.relu(self.conv(x))
+            B, C, H, W = h.shape
+            attn = F.softmax(self.attn(h).reshape(B, 1, H * W), dim=-1).unsqueeze(3)
+            context = (h.reshape(B, C, H * W).unsqueeze(1) @ attn).view(B, C, 1, 1)
+            return self.fc((h + context).mean((2, 3)))
+
+    net = GlobalContext().eval()
+    x = torch.rand(2, 3, 6, 6)
+    fg = FGCAM(net, rules="canonical", mean=(0.5,) * 3, std=(0.5,) * 3)
+    e = fg.explain(x, layer=["input", fg.component_layer])
+    top = e.components[fg.component_layer].sum((1, 2, 3))
+    assert torch.allclose(e.components["input"].sum((1, 2, 3)), top, rtol=1e-4, atol=1e-6)

@@ -13,7 +13,6 @@ from fgcam_lib.evaluation.zoo import SIZES, TIMM_FAMILIES, build, check_model, t
 
 #: models that do not run, and the start of the one-line error that says why
 NOT_RUNNING = {
-    "gcresnext26ts": "no rule for layer 'stages.3.1.attn.matmul' (matmul)",  # global-context attention
     "cpubone_nano": "no rule for layer 'stages.3.2.total.0.0.main.1' (ConvAttention)",  # an fx leaf of timm's
     "efficientnet_cc_b0_4e": "its weight depends on the input",  # CondConv: a dynamic convolution
 }

@@ -564,12 +564,15 @@ def fx_graph(model: nn.Module) -> Graph:
             fn.op == "call_function" and fn.target is getattr and len(fn.args) > 1 and fn.args[1] in (
                 "shape", "dtype", "device", "ndim"))
         node.data = not shape_read and any(j == INPUT or nodes[j].data for j in inputs)
-        if kind == "mul" and len(inputs) == 2 and isinstance(op, CallOp):
+        if kind in ("mul", "matmul") and len(inputs) == 2 and isinstance(op, CallOp):
             a, b = inputs
             anc_a = _ancestors_of(nodes, a)
             anc_b = _ancestors_of(nodes, b)
-            # the gate is computed from the signal: x * sigmoid(f(x))
-            op.gate = 1 if a in anc_b else 0 if b in anc_a else None
+            # the gate is computed from the signal: x * sigmoid(f(x)); the signal may be reshaped
+            # first (a global-context attention: x.reshape(B, C, HW) @ softmax(conv(x)))
+            a_gates_b = a in anc_b or _unshaped(nodes, a) in anc_b
+            b_gates_a = b in anc_a or _unshaped(nodes, b) in anc_a
+            op.gate = 1 if a_gates_b and not b_gates_a else 0 if b_gates_a and not a_gates_b else None
         ids[fn] = len(nodes)
         nodes.append(node)
         for c in _containers(fn):
@@ -580,6 +583,13 @@ def fx_graph(model: nn.Module) -> Graph:
     aliases = {a: i for a, i in aliases.items() if a not in {n.name for n in nodes}}
     vgg = is_vgg_style(model)
     return Graph(nodes, output, "fx", aliases, _sequence(model), vgg, len(model.features) if vgg else 0)
+
+
+def _unshaped(nodes: list[Node], i: int) -> int:
+    """The tensor ``i`` is a reshape (view, unsqueeze, permute, ...) of, through any number of them."""
+    while i != INPUT and nodes[i].kind == "reshape" and len(nodes[i].inputs) >= 1:
+        i = nodes[i].inputs[0]
+    return i
 
 
 def _ancestors_of(nodes: list[Node], i: int) -> set[int]:

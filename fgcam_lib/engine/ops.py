@@ -58,6 +58,8 @@ def _function_kinds() -> dict[Any, str]:
     kinds[F.pad] = "pad"
     kinds[F.interpolate] = "upsample"
     kinds[torch.sum] = "sum"
+    for fn in (operator.matmul, torch.matmul, torch.bmm):
+        kinds[fn] = "matmul"
     for fn in (F.relu, torch.relu):
         kinds[fn] = "relu"
     for fn in _ACTIVATION_FUNCTIONS:
@@ -103,7 +105,7 @@ def method_kind(name: str) -> str | None:
 _METHOD_KINDS = {
     "add": "add", "sub": "add", "mul": "mul", "div": "mul", "addcmul": "mul", "relu": "relu", "sigmoid": "act",
     "tanh": "act", "softmax": "act", "pow": "act", "square": "act", "exp": "act",
-    "mean": "avgpool", "sum": "sum", "flatten": "reshape", "view": "reshape", "reshape": "reshape",
+    "mean": "avgpool", "sum": "sum", "matmul": "matmul", "bmm": "matmul", "flatten": "reshape", "view": "reshape", "reshape": "reshape",
     "squeeze": "reshape", "unsqueeze": "reshape", "permute": "reshape", "transpose": "reshape",
     "contiguous": "reshape", "swapaxes": "reshape", "movedim": "reshape", "roll": "reshape", "expand": "reshape",
     "chunk": "split", "split": "split", "unbind": "split",

@@ -19,7 +19,7 @@ from torch import nn
 
 from .graph import INPUT, Graph
 from .ops import CallOp, fill
-from .rules import Gate, Missing, Pass, PoolZ, Reduce, Route, Rule, Split, Sum, ZBeta, ZPlus, channel_bounds, image_bounds
+from .rules import Gate, HeldMatmul, Missing, Pass, PoolZ, Reduce, Route, Rule, Split, Sum, ZBeta, ZPlus, channel_bounds, image_bounds
 from .weighted import Weighted, bn_parts, fold_bn, functional_weighted, weighted_of
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -39,6 +39,7 @@ KINDS: dict[str, str] = {
     "add": "a + b, a - b (residual connections)",
     "mul": "x * s: squeeze-excitation gates, layer scale, constant factors, products of two signals",
     "sum": "x.sum(dim), torch.sum: a sum over channels or branches",
+    "matmul": "x @ A with A an attention or gate computed from x (held constant), or a parameter",
     "pad": "F.pad, ZeroPad2d, ConstantPad2d, ReflectionPad2d, ReplicationPad2d",
     "upsample": "F.interpolate, nn.Upsample (nearest, bilinear)",
     "cat": "torch.cat, torch.stack",
@@ -136,6 +137,7 @@ def paper() -> Preset:
             "linear": ZPlus(),
             "maxpool": PoolZ(),
             "avgpool": PoolZ(),
+            "matmul": HeldMatmul(),
             **_SHARED,
         },
     )
@@ -159,6 +161,7 @@ def canonical(
             "linear": ZPlus(bias=keep_bias, flat=True),
             "maxpool": PoolZ(flat=True),
             "avgpool": PoolZ(flat=True),
+            "matmul": HeldMatmul(flat=True),
             **_SHARED,
         },
         merge_bn=True,

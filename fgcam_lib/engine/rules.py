@@ -554,6 +554,53 @@ def _transpose(op: Callable, x: Tensor, R: Any) -> Tensor:
     return torch.zeros(x.shape, dtype=ref.dtype, device=ref.device) if g is None else g
 
 
+class HeldMatmul(Rule):
+    """``x @ A`` where ``A`` is computed from ``x`` (an attention map, a context gate) or is a
+    parameter: ``A`` is held constant, so the product is a linear map of ``x`` with weights ``A``,
+    and relevance goes to ``x`` by the z+ rule on it (CP-LRP's "attention held constant", Ali et
+    al. 2022): ``R_i = sum_j (x+_i A+_ij + x-_i A-_ij) / z_j R_j``. ``flat=True``: an output with
+    no positive contribution spreads its relevance over the entries of ``x`` it reads."""
+
+    multi = True
+
+    def __init__(self, flat: bool = False):
+        self.flat = flat
+
+    @property
+    def guarantee(self) -> str:
+        return "always" if self.flat else "where an input contributes positively"
+
+    def __call__(self, op, xs, R, data=None):
+        live = _data_operands(xs, data)
+        gate = getattr(op, "gate", None)
+        if len(live) == 1:
+            signal = live[0]
+        elif gate is not None and len(xs) == 2:
+            signal = 1 - gate
+        else:
+            raise TypeError("matmul of two signals, neither computed from the other: no default rule; "
+                            "give this node a rule by name")
+        x, A = xs[signal], xs[1 - signal]
+
+        def f(t: Tensor, weights: Tensor) -> Tensor:
+            return op(*[t if k == signal else weights for k in range(len(xs))])
+
+        xp, xn = x.clamp(min=0), x.clamp(max=0)
+        Ap, An = A.clamp(min=0), A.clamp(max=0)
+        z = f(xp, Ap) + f(xn, An)
+        s = safe_div(R, z)
+        out = xp * _vjp(lambda t: f(t, Ap), xp, s) + xn * _vjp(lambda t: f(t, An), xn, s)
+        if self.flat:
+            lost = torch.where(z == 0, R, torch.zeros_like(R))
+            if bool(lost.any()):
+                reads = (A != 0).to(R.dtype)
+                ones = torch.ones_like(x)
+                out = out + _vjp(lambda t: f(t, reads), ones, safe_div(lost, f(ones, reads)))
+        result: list[Tensor | None] = [None] * len(xs)
+        result[signal] = out
+        return result
+
+
 class Reduce(Rule):
     """A sum (or mean) over dimensions, ``x.sum(dim)``: each summand gets its share, the z-rule
     with all weights 1 as :class:`Sum` (``mode="sign"``): where the sum is >= 0 the positive
