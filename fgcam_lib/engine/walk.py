@@ -183,6 +183,8 @@ def propagate(
                 raise RuntimeError(f"activation feeding {node.describe()} was not kept")
         data = [j == INPUT or graph.nodes[j].data for j in tensor_inputs]
         try:
+            if hasattr(rule, "reason"):  # no rule here: say why, whatever the inputs
+                rule(op, xs[0] if xs else None, r)
             if rule.multi:
                 if isinstance(op, CallOp) and len(tensor_inputs) < len(node.inputs):
                     # sizes and other values the call reads: filled in, so the rule calls op(*xs)

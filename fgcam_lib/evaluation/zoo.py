@@ -198,11 +198,27 @@ def main(argv: Sequence[str] | None = None) -> None:
         del model
     table = pd.DataFrame(rows)
     table.to_csv(args.out, index=False)
-    text = markdown(table)
+    text = HEADER + markdown(table)
     if args.markdown:
         with open(args.markdown, "w") as f:
             f.write(text)
     print(text)
+
+
+HEADER = """# The zoo: what runs, and how much relevance each preset loses
+
+Written by `python -m fgcam_lib.evaluation.zoo` (the same checks run in `tests/test_zoo.py`). One
+small model per timm CNN family and every torchvision classification CNN, **random weights with
+BatchNorm statistics like a trained network's** (`trained_like_bn`: running means in [-0.2, 0.2],
+variances in [0.5, 1.5], scales in [0.5, 1.5], shifts in [-0.1, 0.3]); random images of `px` x `px`
+(two, one for models over 50M parameters). *FG-CAM, CAMs*: FG-Grad-CAM (canonical preset) at the
+input and a middle stage, Grad-CAM at the component layer and that stage. *LRP*: from the logits to
+the input and the middle stage. *lost*: FG-Grad-CAM's relevance lost from the component layer to
+the input, (summed components - summed input relevance) / summed |components|, the worst image.
+The canonical preset's bar is 1e-4; the paper preset is the authors' z+, which drops the relevance
+of outputs no input contributes to.
+
+"""
 
 
 def markdown(table: Any) -> str:
