@@ -23,6 +23,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.models.resnet import BasicBlock, ResNet
 
+from .imagenet_models import IMAGENET_MODELS, load_imagenet_model
+
 __all__ = [
     "BundledVGG", "BundledVGGFC", "BundledResNet", "BUNDLED_MODELS", "build_bundled", "bundled_paths",
     "Preprocess", "WeightsNotFoundError", "load_model", "model_card", "bundled_classes",
@@ -55,7 +57,7 @@ BUNDLED_MODELS: dict[str, str] = {
     "bundled_vgg16bn_fc": "bundled_vgg16bn_fc.pt",
     "bundled_resnet": "bundled_resnet.pt",
 }
-MODEL_NAMES: tuple[str, ...] = tuple(BUNDLED_MODELS) + TORCHVISION_CNNS
+MODEL_NAMES: tuple[str, ...] = tuple(BUNDLED_MODELS) + tuple(IMAGENET_MODELS) + TORCHVISION_CNNS
 
 
 def _torchvision_classifiers() -> list[str]:
@@ -373,8 +375,9 @@ def load_model(name: str, weights: str | os.PathLike | None = None, device: str 
     """Load a model by name; returns ``(model in eval mode on device, preprocess)``.
 
     Args:
-        name: a bundled model ("bundled", "bundled_vgg16bn_fc", "bundled_resnet") or a torchvision classifier (``TORCHVISION_CNNS`` are tested:
-            VGGs, ResNets, DenseNets, MobileNets, EfficientNet, ConvNeXt, ...).
+        name: a bundled model ("bundled", "bundled_vgg16bn_fc", "bundled_resnet"), a real ImageNet network
+            whose weights install offline ("efficientnet_lite0") or a torchvision classifier
+            (``TORCHVISION_CNNS`` are tested: VGGs, ResNets, DenseNets, MobileNets, EfficientNet, ConvNeXt, ...).
         weights: None (default location: data/ for "bundled", the torch hub cache for
             torchvision models; VGGs take the paper's IMAGENET1K_V1 weights, others their
             DEFAULT), a path to a checkpoint / state-dict file, or "random" (untrained).
@@ -389,6 +392,10 @@ def load_model(name: str, weights: str | os.PathLike | None = None, device: str 
         weights = "random"
     if name in BUNDLED_MODELS:
         model, preprocess = _load_bundled(name, weights)
+    elif name in IMAGENET_MODELS:
+        model = load_imagenet_model(name, weights)
+        card = IMAGENET_MODELS[name]
+        preprocess = Preprocess(card["input_size"], card["mean"], card["std"])
     elif name in TORCHVISION_CNNS or name in _torchvision_classifiers():
         model, preprocess = _load_torchvision(name, weights)
     else:
@@ -396,7 +403,8 @@ def load_model(name: str, weights: str | os.PathLike | None = None, device: str 
 
         close = difflib.get_close_matches(name, list(dict.fromkeys(MODEL_NAMES + tuple(_torchvision_classifiers()))), n=3)
         hint = f" (closest: {', '.join(close)})" if close else ""
-        raise ValueError(f"unknown model {name!r}{hint}; use {', '.join(map(repr, BUNDLED_MODELS))} or a "
+        raise ValueError(f"unknown model {name!r}{hint}; use {', '.join(map(repr, BUNDLED_MODELS))}, "
+                         f"{', '.join(map(repr, IMAGENET_MODELS))} (ImageNet weights, offline) or a "
                          "torchvision classifier such as "
                          "vgg16_bn, resnet50, densenet121, mobilenet_v2, efficientnet_b0, convnext_tiny")
     return model.to(device).eval(), preprocess
