@@ -206,11 +206,28 @@ def test_load_images_batch_and_mismatch(tmp_path: Path) -> None:
 
 def test_sample_photos_default() -> None:
     x, names, classes = sample_photos(64)
-    assert x.shape == (5, 3, 64, 64) and x.dtype == torch.float32
+    assert x.shape == (8, 3, 64, 64) and x.dtype == torch.float32
     assert 0.0 <= x.min() and x.max() <= 1.0 and x.std() > 0.05
-    assert names == ["cat", "coffee", "astronaut", "rocket", "motorcycle"]
+    assert names == ["cat", "coffee", "astronaut", "rocket", "motorcycle", "china", "flower", "grace_hopper"]
     assert len(classes) == len(names) and all(0 <= c < 1000 for c in classes)
     assert classes[0] in (281, 282, 285) and classes[1] in (504, 967, 968)
+    for name in names:  # every natural photo has a licence, correct classes and a box inside it
+        spec = data.SAMPLE_PHOTOS[name]
+        assert spec.licence and spec.imagenet_class == spec.correct[0] and spec.box is not None
+
+
+def test_photo_boxes_follow_the_crop_and_resize() -> None:
+    from fgcam_lib.data.photos import photo_boxes
+
+    boxes = photo_boxes(224)
+    assert len(boxes) == 8 and all(b is not None for b in boxes)
+    for x0, y0, x1, y1 in boxes:
+        assert 0 <= x0 < x1 <= 224 and 0 <= y0 < y1 <= 224
+    # coffee is 400 x 600: the centre square starts at x = 100; its box (170, 20, 400, 270) becomes
+    # (70, 20, 300, 270) there, times 224 / 400
+    (b,) = photo_boxes(400, names=["coffee"])
+    assert b == pytest.approx((70.0, 20.0, 300.0, 270.0))
+    assert photo_boxes(64, names=["horse"]) == [None]
 
 
 def test_sample_photos_subset_size_and_horse() -> None:
@@ -227,6 +244,7 @@ def test_sample_photo_class_names_match_imagenet() -> None:
     categories = weights.meta["categories"]
     for spec in data.SAMPLE_PHOTOS.values():
         assert categories[spec.imagenet_class] == spec.class_name
+        assert all(0 <= c < 1000 for c in spec.correct)
 
 
 # --------------------------------------------------------------------------- ImageNet val

