@@ -282,3 +282,16 @@ def test_show_images_with_maps_and_colourbars(tmp_path):
         viz.show(x, _maps(3, 8))
     with pytest.raises(ValueError, match="3 image"):
         viz.show(images, _maps(2, 8))
+
+
+def test_grid_outlines_each_rows_box():
+    from matplotlib.patches import Rectangle
+
+    x = torch.rand(2, 3, 16, 16)
+    maps = {"grad_cam": torch.rand(2, 4, 4), "fg_grad_cam": torch.rand(2, 16, 16)}
+    fig = viz.grid(x, maps, layout="images", boxes=[(2, 3, 10, 12), None])
+    axes = np.array(fig.axes[:6]).reshape(2, 3)
+    first = [p for ax in axes[0] for p in ax.patches if isinstance(p, Rectangle)]
+    assert len(first) == 3 and all(p.get_width() == 8 and p.get_height() == 9 for p in first)
+    assert not [p for ax in axes[1] for p in ax.patches if isinstance(p, Rectangle)]
+    plt.close(fig)

@@ -317,6 +317,8 @@ class Graph:
                 continue
             if self.nodes[i].module is None and i not in named:
                 continue  # functional ops inside a module (e.g. a channels-last layer norm)
+            if self.nodes[i].kind == "pad":
+                continue  # a padded copy of a map, larger than the map itself
             if not (self.reaches(i, top) and self._dominates_output(i)):
                 continue
             key = tuple(s[2:])

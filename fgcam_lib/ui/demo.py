@@ -4,7 +4,8 @@
 
 Grad-CAM, Layer-CAM and FG-Grad-CAM (with and without denoising) at layers 33, 23, 13 and
 the input on the bundled model; for two-object scenes, FG-Grad-CAM for each object's class.
-With torchvision VGG16-BN weights on disk, also the scikit-image photos with the real model.
+Then the eight real photos with the real ImageNet network (EfficientNet-Lite0, weights installed
+offline): demo_photos_layer.png and demo_photos_input.png.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..data.models import WeightsNotFoundError, load_model
+from ..data.models import load_model
 from ..methods.registry import make_explainer, supports
 
 LAYERS = [33, 23, 13, "input"]
@@ -22,13 +23,51 @@ LAYERS = [33, 23, 13, "input"]
 METHODS = ("grad_cam", "layer_cam", "fg_grad_cam", "fg_grad_cam_denoise")
 
 
-def explain_all(model, x: torch.Tensor, target=None, preprocess=None) -> dict[str, dict]:
+def explain_all(model, x: torch.Tensor, target=None, preprocess=None, layers=LAYERS) -> dict[str, dict]:
     """method name -> {layer: B x h x w}; CAMs skip the input layer (undefined there)."""
     out = {}
     for name in METHODS:
-        layers = [layer for layer in LAYERS if supports(name, layer)]
-        out[name] = make_explainer(name, model, preprocess)(x, target=target, layer=layers)
+        here = [layer for layer in layers if supports(name, layer)]
+        out[name] = make_explainer(name, model, preprocess)(x, target=target, layer=here)
     return out
+
+
+def real_photos(out: Path) -> list[Path]:
+    """The eight real photos explained by the real ImageNet network (EfficientNet-Lite0): every
+    method at its middle stage, FG-Grad-CAM at the input, each photo's hand-drawn box outlined."""
+    from . import viz
+    from ..data.imagenet_models import class_label
+    from ..data.photos import photo_boxes, sample_photos
+    from ..methods.registry import paper_layers
+
+    try:
+        model, pre = load_model("efficientnet_lite0")
+    except ImportError as err:
+        print(f"(skipping the real-photo part: {err})")
+        return []
+    photos, names, _ = sample_photos(size=pre.size)
+    x = pre.normalize(photos)
+    with torch.no_grad():
+        probs = model(x).softmax(1)
+    top = probs.argmax(1).tolist()
+    stages = paper_layers(model, pre.size)
+    print("EfficientNet-Lite0 (ImageNet) on the real photos: " + "; ".join(
+        f"{n} -> {class_label(c)} {float(probs[i, c]):.2f}" for i, (n, c) in enumerate(zip(names, top))))
+    t0 = time.time()
+    maps = explain_all(model, x, preprocess=pre, layers=stages + ["input"])
+    print(f"explained {len(x)} photos with 4 methods at {', '.join(stages)} and the input in {time.time() - t0:.1f} s")
+    titles = [f"{n}\n{class_label(c)}" for n, c in zip(names, top)]
+    boxes = photo_boxes(pre.size)
+    mid = stages[len(stages) // 2]
+    written = []
+    fig = viz.grid(photos, maps, layout="images", layer=mid, image_titles=titles, boxes=boxes,
+                   title=f"EfficientNet-Lite0 (ImageNet), layer {mid}\nboxes drawn by hand")
+    written.append(viz.save(fig, out / "demo_photos_layer.png"))
+    fig = viz.grid(photos, {k: v for k, v in maps.items() if "input" in v}, layout="images", layer="input",
+                   image_titles=titles, boxes=boxes,
+                   title="EfficientNet-Lite0 (ImageNet), input\nboxes drawn by hand")
+    written.append(viz.save(fig, out / "demo_photos_input.png"))
+    return written
 
 
 def describe(logits: torch.Tensor, classes: list[str], truth: list[str]) -> list[str]:
@@ -88,18 +127,7 @@ def run(n_single: int = 3, n_pairs: int = 2, out: str | Path = "figures", seed: 
                          "(where the other object lights up too, the map is not class-specific)")
     written.append(viz.save(fig, out / "demo_pairs.png"))
 
-    try:
-        vgg, vpre = load_model("vgg16_bn")
-    except WeightsNotFoundError as err:
-        print(f"(skipping the real-photo part: {err})")
-    else:
-        from ..data.images import sample_photos
-
-        photos, names, _ = sample_photos(size=224)
-        vx = vpre(photos)
-        vmaps = explain_all(vgg, vx, preprocess=vpre)
-        fig = viz.grid(photos, vmaps, layout="images", layer=13, image_titles=names, title="VGG16-BN, layer 13")
-        written.append(viz.save(fig, out / "demo_photos_layer13.png"))
+    written += real_photos(out)
     for p in written:
         print(f"wrote {p}")
     return written

@@ -15,6 +15,7 @@ from matplotlib.axes import Axes
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Colormap
 from matplotlib.figure import Figure, SubFigure
+from matplotlib.patches import Rectangle
 
 from ..catalogue import layer_label, method_label
 from .overlays import ArrayLike, as_image, as_map, as_tensor, clean_axes, color_scale, colormap, new_figure, show_map
@@ -110,6 +111,7 @@ def grid(
     panel_size: float = 1.6,
     image_titles: Sequence[str] | None = None,
     title: str | None = None,
+    boxes: Sequence[Sequence[float] | None] | None = None,
 ) -> Figure:
     """The paper's figure grids.
 
@@ -125,7 +127,8 @@ def grid(
 
     ``signed``: True, or a method -> bool mapping; signed maps use the red/blue
     colormap. ``overlay`` blends maps over the image; otherwise maps are drawn alone
-    (brightness = importance). One colorbar per colour scale used.
+    (brightness = importance). One colorbar per colour scale used. ``boxes`` (``"images"``
+    layout): per image an ``(x0, y0, x1, y1)`` box in its pixels, or None, outlined on its row.
 
         >>> fig = grid(x, {"fg_grad_cam": fg(x, layer=[33, 13, "input"])}, layout="layers")
     """
@@ -140,7 +143,7 @@ def grid(
     if layout == "layers":
         fig = _grid_layers(imgs, maps, image_index, style, image_titles)
     else:
-        fig = _grid_images(imgs, maps, layer, style, image_titles)
+        fig = _grid_images(imgs, maps, layer, style, image_titles, boxes)
         if title is None and layer is not None:
             title = f"at {layer_label(layer)}"
     if title:
@@ -214,7 +217,7 @@ def _grid_layers(imgs: torch.Tensor | None, maps: MapTree, image_index: int, sty
 
 
 def _grid_images(imgs: torch.Tensor | None, maps: MapTree, layer: Any, style: _GridStyle,
-                 image_titles: Sequence[str] | None) -> Figure:
+                 image_titles: Sequence[str] | None, boxes: Sequence[Sequence[float] | None] | None = None) -> Figure:
     """Figures 3 and 4: images as rows, methods as columns, one layer."""
     methods = list(maps)
     picked = {k: _pick_layer(v, layer, k) for k, v in maps.items()}
@@ -241,6 +244,11 @@ def _grid_images(imgs: torch.Tensor | None, maps: MapTree, layer: Any, style: _G
                 by_kind[signed].append(axes[i, c + lead])
             if i == 0:
                 axes[i, c + lead].set_title(method_label(method), fontsize=9)
+        if boxes is not None and boxes[i] is not None:
+            x0, y0, x1, y1 = boxes[i]
+            for ax in axes[i]:
+                if ax.axison or ax.images:  # the image and every drawn map share its pixel grid
+                    ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec="#00e5ff", lw=1.2))
     if style.colorbar:
         _add_colorbars(fig, by_kind, style.cmap)
     return fig
