@@ -147,6 +147,7 @@ def show(
     alpha: float = 0.8,
     cols: int = 4,
     panel_size: float = 2.6,
+    clip: float | None = None,
     path: str | Path | None = None,
 ) -> Figure:
     """Each image with its map over it and a colourbar in the map's own units.
@@ -156,7 +157,11 @@ def show(
     ``maps``: what the explainer returned, B x h x w at any resolution, or ``{layer: B x h x w}``
     (one column per layer). The map is drawn over the image with an opacity that grows with
     its value (up to ``alpha``), so the image stays readable where the map is zero.
-    ``signed``: red/blue around zero; default: when a map has negative values. ``path``: also save the figure there. Returns the (pyplot) figure.
+    ``signed``: red/blue around zero; default: when a map has negative values. ``clip``: a
+    quantile such as 0.995: each map's colour scale tops out at that quantile of its |values|
+    (pixel-level maps have a few very strong pixels that would leave the rest invisible; the
+    colourbar then reads "at least" at its top). ``path``: also save the figure there. Returns
+    the (pyplot) figure.
 
         >>> maps = FGCAM(model)(preprocess(images), layer="input")
         >>> show(preprocess(images), maps, preprocess, title="FG-Grad-CAM at the input")
@@ -175,9 +180,12 @@ def show(
         name = titles[i] if titles is not None else f"image {i}"
         label = name if key is None else (layer_label(key) if i == 0 else None)
         # raw values, not min-max scaled: the colourbar reads in the explainer's units
-        mappable = show_map(ax, columns[key][i], imgs[i], signed=bool(signed), title=label, alpha=alpha,
-                            normalize=False, weighted=True)
-        cb = fig.colorbar(mappable, ax=ax, fraction=0.046, pad=0.03, shrink=0.9)
+        m = columns[key][i]
+        top = None if clip is None else float(torch.quantile(torch.as_tensor(m).abs().flatten().float(), clip))
+        mappable = show_map(ax, m, imgs[i], signed=bool(signed), title=label, alpha=alpha,
+                            normalize=False, weighted=True, vmax=top or None)
+        cb = fig.colorbar(mappable, ax=ax, fraction=0.046, pad=0.03, shrink=0.9,
+                          extend="max" if top else "neither")
         cb.set_label("signed relevance" if signed else "relevance", fontsize=8)
         cb.ax.tick_params(labelsize=7)
         if key is not None and list(columns).index(key) == 0:
