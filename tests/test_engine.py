@@ -580,3 +580,14 @@ def test_held_matmul_known_answer_and_the_gate_found_through_reshapes():
     e = fg.explain(x, layer=["input", fg.component_layer])
     top = e.components[fg.component_layer].sum((1, 2, 3))
     assert torch.allclose(e.components["input"].sum((1, 2, 3)), top, rtol=1e-4, atol=1e-6)
+
+
+def test_flat_and_wsquare_rules_read_only_shapes():
+    # the walk hands shape-only rules meta tensors for x
+    from fgcam_lib.engine.rules import WSquare
+
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    x = torch.rand(2, 3, 6, 6)
+    for rule in (Flat(), WSquare()):
+        maps = FGCAM(net.eval(), rules={"input": rule})(x, layer="input")
+        assert maps.shape == (2, 6, 6) and bool(torch.isfinite(maps).all())

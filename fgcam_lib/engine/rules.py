@@ -69,8 +69,8 @@ class _Linear:
         """``sum_j w_ij s_j``: the gradient of ``forward`` w.r.t. its input."""
         return self.w.transpose(s, w, shape)
 
-    def ones(self, x: Tensor, dtype: torch.dtype) -> Tensor:
-        return self.w.ones(x, dtype)
+    def ones(self, x: Tensor, like: Tensor) -> Tensor:
+        return self.w.ones(x, like)
 
 
 class Rule:
@@ -209,7 +209,7 @@ class ZPlus(AlphaBeta):
 
 def _flat(lin: _Linear, x: Tensor, R: Tensor) -> Tensor:
     """``R`` spread over each output's window, every input position weighing 1."""
-    ones = lin.ones(x, R.dtype)
+    ones = lin.ones(x, R)
     ones_w = torch.ones_like(lin.weight, dtype=R.dtype)
     z = lin.forward(ones, ones_w)
     return lin.transpose(safe_div(R, z), ones_w, x.shape).mul_(ones)
@@ -249,7 +249,7 @@ class WSquare(Rule):
     def __call__(self, module, x, R):
         lin = _Linear(module)
         w2 = lin.weight.pow(2)
-        ones = lin.ones(x, R.dtype)
+        ones = lin.ones(x, R)
         z = lin.forward(ones, w2)
         return lin.transpose(safe_div(R, z), w2, x.shape).mul_(ones)
 
@@ -296,7 +296,7 @@ class ZBeta(Rule):
         low, high = self.bounds(x)
         if lin.w.border is not None and any(lin.w.border):
             # a fused zero border is no input: its value is fixed at 0, outside [l, h]
-            mask = lin.ones(x, x.dtype)
+            mask = lin.ones(x, x)
             low, high = low * mask, high * mask
         w = lin.weight
         wp, wn = lin.part("+", _positive), lin.part("-", _negative)

@@ -120,9 +120,11 @@ class Weighted:
             s, s.new_empty(shape), w, None, list(self.stride), list(self.padding), list(self.dilation), False,
             [0] * self.dims, self.groups, (True, False, False))[0]
 
-    def ones(self, x: Tensor, dtype: torch.dtype | None = None) -> Tensor:
-        """1 at every input position of ``x`` (0 on a fused zero border): the flat rule's ``x``."""
-        one = torch.ones(x.shape, dtype=dtype or x.dtype, device=x.device)
+    def ones(self, x: Tensor, like: Tensor | None = None) -> Tensor:
+        """1 at every input position of ``x`` (0 on a fused zero border): the flat rule's ``x``; with
+        ``like``'s dtype and device (``x`` may be a meta tensor: only its shape is read)."""
+        ref = x if like is None else like
+        one = torch.ones(x.shape, dtype=ref.dtype, device=ref.device)
         if self.border is not None and any(self.border):
             index = (slice(None), slice(None)) + tuple(
                 slice(lo, n - hi) for n, (lo, hi) in zip(x.shape[2:], _sides(self.border, x.dim() - 2)))
