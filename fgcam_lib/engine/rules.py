@@ -21,14 +21,14 @@ Divisions by zero give zero (the authors' convention), so nothing is stabilised.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Hashable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .ops import channels_last_on_cpu
-from .weighted import _PARTS, Weighted, clear_weight_cache, weighted_of  # noqa: F401 (re-exported)
+from .weighted import Weighted, weighted_of
 
 Tensor = torch.Tensor
 
@@ -45,32 +45,6 @@ def _positive(w: Tensor) -> Tensor:
 
 def _negative(w: Tensor) -> Tensor:
     return w.clamp(max=0)
-
-
-class _Linear:
-    """A weighted layer for a rule: its :class:`~fgcam_lib.engine.weighted.Weighted` plus cached
-    weight parts."""
-
-    def __init__(self, module: Any):
-        self.w = weighted_of(module)
-        self.dims, self.groups = self.w.dims, self.w.groups
-        # relevance is not differentiated: keep rules off the autograd graph
-        self.weight = self.w.weight.detach()
-        self.bias = self.w.bias.detach() if self.w.bias is not None else None
-
-    def part(self, name: Hashable, make: Callable[[Tensor], Tensor]) -> Tensor:
-        """A tensor made from the weight alone (its positive part, ...), cached per weight value."""
-        return _PARTS.get(self.w.source if self.w.source is not None else self.weight, name, make)
-
-    def forward(self, x: Tensor, w: Tensor) -> Tensor:
-        return self.w.forward(x, w)
-
-    def transpose(self, s: Tensor, w: Tensor, shape: torch.Size) -> Tensor:
-        """``sum_j w_ij s_j``: the gradient of ``forward`` w.r.t. its input."""
-        return self.w.transpose(s, w, shape)
-
-    def ones(self, x: Tensor, like: Tensor) -> Tensor:
-        return self.w.ones(x, like)
 
 
 class Rule:
@@ -125,7 +99,7 @@ class AlphaBeta(Rule):
             raise ValueError(f"alpha - beta must be 1 to conserve relevance, got {alpha} - {beta}")
         self.alpha, self.beta, self.bias = alpha, beta, bias
 
-    def _part(self, lin: _Linear, x: Tensor, R: Tensor, positive: bool, with_z: bool = False):
+    def _part(self, lin: Weighted, x: Tensor, R: Tensor, positive: bool, with_z: bool = False):
         # after a ReLU the negative inputs are all zero: skip their convolutions
         has_neg = bool(x.min() < 0)
         xp = x.clamp(min=0) if has_neg else x
@@ -145,7 +119,7 @@ class AlphaBeta(Rule):
         return (out, z) if with_z else out
 
     def __call__(self, module, x, R):
-        lin = _Linear(module)
+        lin = weighted_of(module)
         out = self._part(lin, x, R, positive=True)
         if self.alpha != 1:
             out = self.alpha * out
@@ -189,7 +163,7 @@ class ZPlus(AlphaBeta):
     def __call__(self, module, x, R):
         if not (self.conservative or self.flat):
             return super().__call__(module, x, R)
-        lin = _Linear(module)
+        lin = weighted_of(module)
         out, z = self._part(lin, x, R, positive=True, with_z=True)
         lost = torch.where(z == 0, R, torch.zeros_like(R))
         if not bool(lost.any()):
@@ -207,7 +181,7 @@ class ZPlus(AlphaBeta):
         return f"ZPlus(bias={self.bias}{extra})"
 
 
-def _flat(lin: _Linear, x: Tensor, R: Tensor) -> Tensor:
+def _flat(lin: Weighted, x: Tensor, R: Tensor) -> Tensor:
     """``R`` spread over each output's window, every input position weighing 1."""
     ones = lin.ones(x, R)
     ones_w = torch.ones_like(lin.weight, dtype=R.dtype)
@@ -224,7 +198,7 @@ class Epsilon(Rule):
         self.epsilon, self.bias = epsilon, bias
 
     def __call__(self, module, x, R):
-        lin = _Linear(module)
+        lin = weighted_of(module)
         z = lin.forward(x, lin.weight)
         if self.bias and lin.bias is not None:
             z = z + lin.bias.view(1, -1, *([1] * (z.dim() - 2)))
@@ -238,7 +212,7 @@ class Flat(Rule):
     reads_input = False
 
     def __call__(self, module, x, R):
-        return _flat(_Linear(module), x, R)
+        return _flat(weighted_of(module), x, R)
 
 
 class WSquare(Rule):
@@ -247,7 +221,7 @@ class WSquare(Rule):
     reads_input = False
 
     def __call__(self, module, x, R):
-        lin = _Linear(module)
+        lin = weighted_of(module)
         w2 = lin.weight.pow(2)
         ones = lin.ones(x, R)
         z = lin.forward(ones, w2)
@@ -292,9 +266,9 @@ class ZBeta(Rule):
         self.bounds, self.bias = bounds, bias
 
     def __call__(self, module, x, R):
-        lin = _Linear(module)
+        lin = weighted_of(module)
         low, high = self.bounds(x)
-        if lin.w.border is not None and any(lin.w.border):
+        if lin.border is not None and any(lin.border):
             # a fused zero border is no input: its value is fixed at 0, outside [l, h]
             mask = lin.ones(x, x)
             low, high = low * mask, high * mask
@@ -315,7 +289,7 @@ class ZBeta(Rule):
         return (gx * x).sub_(gl * low).sub_(gh * high)
 
     @staticmethod
-    def _bound_term(lin: _Linear, low: Tensor, high: Tensor, wp: Tensor, wn: Tensor, x: Tensor) -> Tensor:
+    def _bound_term(lin: Weighted, low: Tensor, high: Tensor, wp: Tensor, wn: Tensor, x: Tensor) -> Tensor:
         """``l w+ + h w-`` summed over each output's inputs. Bounds that are one number per
         image (or the same for every image) are convolved once, on one image: a constant
         image still needs the convolution, since zero padding makes the borders differ."""
@@ -585,11 +559,16 @@ class HeldMatmul(Rule):
         def f(t: Tensor, weights: Tensor) -> Tensor:
             return op(*[t if k == signal else weights for k in range(len(xs))])
 
-        xp, xn = x.clamp(min=0), x.clamp(max=0)
-        Ap, An = A.clamp(min=0), A.clamp(max=0)
-        z = f(xp, Ap) + f(xn, An)
+        xp, Ap = x.clamp(min=0), A.clamp(min=0)
+        has_neg = bool(x.min() < 0)  # after a ReLU: no negative half to compute
+        z = f(xp, Ap)
+        if has_neg:
+            xn, An = x.clamp(max=0), A.clamp(max=0)
+            z = z + f(xn, An)
         s = safe_div(R, z)
-        out = xp * _vjp(lambda t: f(t, Ap), xp, s) + xn * _vjp(lambda t: f(t, An), xn, s)
+        out = xp * _vjp(lambda t: f(t, Ap), xp, s)
+        if has_neg:
+            out = out + xn * _vjp(lambda t: f(t, An), xn, s)
         if self.flat:
             lost = torch.where(z == 0, R, torch.zeros_like(R))
             if bool(lost.any()):

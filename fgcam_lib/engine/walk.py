@@ -24,6 +24,7 @@ from torch import nn
 
 from .graph import INPUT, Graph
 from .ops import CallOp
+from .rules import Missing
 from .presets import Bound
 
 Tensor = torch.Tensor
@@ -183,7 +184,7 @@ def propagate(
                 raise RuntimeError(f"activation feeding {node.describe()} was not kept")
         data = [j == INPUT or graph.nodes[j].data for j in tensor_inputs]
         try:
-            if hasattr(rule, "reason"):  # no rule here: say why, whatever the inputs
+            if isinstance(rule, Missing):  # no rule here: say why, whatever the inputs
                 rule(op, xs[0] if xs else None, r)
             if rule.multi:
                 if isinstance(op, CallOp) and len(tensor_inputs) < len(node.inputs):

@@ -23,7 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Weighted", "weighted_of", "functional_weighted", "fold_bn", "bn_parts", "same_padding", "register_conv_leaf",
+from .ops import qualname
+
+__all__ = ["Weighted", "weighted_of", "functional_weighted", "fold_bn", "bn_parts", "bn_module_parts", "same_padding", "register_conv_leaf",
            "clear_weight_cache"]
 
 Tensor = torch.Tensor
@@ -71,7 +73,6 @@ class Weighted:
     pad: tuple[int, ...] | str | None = None
     border: tuple[int, ...] | None = None
     source: Tensor | None = None
-    name: str = ""
 
     # -- geometry ------------------------------------------------------------------
     def _pads(self, shape: Sequence[int]) -> tuple[int, ...] | None:
@@ -136,6 +137,11 @@ class Weighted:
     def with_border(self, border: tuple[int, ...]) -> "Weighted":
         return replace(self, border=border)
 
+    def part(self, name: Hashable, make: Callable[[Tensor], Tensor]) -> Tensor:
+        """A tensor made from the weight alone (its positive part, ...), cached per weight value
+        when the weight is a parameter."""
+        return _PARTS.get(self.source if self.source is not None else self.weight, name, make)
+
 
 class _WeightParts:
     """Parts of a parameter (``w.clamp(min=0)``, ...) computed once per weight value.
@@ -197,34 +203,37 @@ def clear_weight_cache() -> None:
 _CONV_LEAVES: dict[str, Callable[[nn.Module], "Weighted"]] = {}
 
 
-def _qualname(cls: type) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
 def register_conv_leaf(cls: type | str, make: Callable[[nn.Module], Weighted]) -> None:
     """Tell the engine how a conv module that is an fx leaf computes: ``make(module)`` returns
     its :class:`Weighted` (weight as used, padding, ...). ``cls``: the class or its qualified name."""
-    _CONV_LEAVES[cls if isinstance(cls, str) else _qualname(cls)] = make
+    _CONV_LEAVES[cls if isinstance(cls, str) else qualname(cls)] = make
 
 
-def _conv(module: nn.Module, weight: Tensor, pad: Any = None, source: Tensor | None = None) -> Weighted:
+def _conv(weight: Tensor, bias: Tensor | None, stride: Any, padding: Any, dilation: Any, groups: int,
+          pad: Any = None, source: Tensor | None = None) -> Weighted:
+    """A convolution's :class:`Weighted`; PyTorch's ``padding="same"`` becomes fixed pads (the
+    smaller half before), ``"valid"`` none."""
     dims = weight.dim() - 2
-    padding: Any = module.padding
-    if isinstance(padding, str):  # PyTorch's "same"/"valid": fixed pads from the kernel
-        if padding == "valid":
-            padding, pad = (0,) * dims, None
-        else:
-            k = weight.shape[2:]
-            d = _tuple(module.dilation, dims)
-            totals = [dd * (kk - 1) for kk, dd in zip(k, d)]
+    stride, dilation = _tuple(stride, dims), _tuple(dilation, dims)
+    if isinstance(padding, str):
+        if padding == "same":
+            totals = [d * (k - 1) for k, d in zip(weight.shape[2:], dilation)]
             pad = tuple(v for t in reversed(totals) for v in (t // 2, t - t // 2))
-            padding = (0,) * dims
+        padding = 0
+    return Weighted(weight.detach(), bias.detach() if bias is not None else None, dims, stride,
+                    _tuple(padding, dims), dilation, int(groups), pad, None, source)
+
+
+def _conv_module(module: nn.Module, weight: Tensor, pad: Any = None, source: Tensor | None = None) -> Weighted:
     mode = getattr(module, "padding_mode", "zeros")
     if mode != "zeros":
         raise TypeError(f"{type(module).__name__} with padding_mode={mode!r} is not supported")
-    return Weighted(weight.detach(), module.bias.detach() if module.bias is not None else None, dims,
-                    _tuple(module.stride, dims), _tuple(padding, dims), _tuple(module.dilation, dims),
-                    int(module.groups), pad, None, source)
+    return _conv(weight, module.bias, module.stride, module.padding, module.dilation, module.groups, pad, source)
+
+
+def _linear(weight: Tensor, bias: Tensor | None) -> Weighted:
+    return Weighted(weight.detach(), bias.detach() if bias is not None else None, 0,
+                    source=weight if isinstance(weight, nn.Parameter) else None)
 
 
 def weighted_of(module: Any) -> Weighted:
@@ -232,7 +241,7 @@ def weighted_of(module: Any) -> Weighted:
     themselves need :func:`register_conv_leaf`), or a :class:`Weighted` as it is."""
     if isinstance(module, Weighted):
         return module
-    make = _CONV_LEAVES.get(_qualname(type(module))) if isinstance(module, nn.Module) else None
+    make = _CONV_LEAVES.get(qualname(type(module))) if isinstance(module, nn.Module) else None
     if make is not None:
         return make(module)
     if isinstance(module, (nn.Conv1d, nn.Conv2d)):
@@ -240,10 +249,9 @@ def weighted_of(module: Any) -> Weighted:
             raise TypeError(f"{type(module).__name__} subclasses {type(module).__mro__[1].__name__} with a forward "
                             "of its own: tell the engine what it computes with "
                             "fgcam_lib.engine.register_conv_leaf")
-        return _conv(module, module.weight, source=module.weight)
+        return _conv_module(module, module.weight, source=module.weight)
     if isinstance(module, nn.Linear):
-        return Weighted(module.weight.detach(), module.bias.detach() if module.bias is not None else None, 0,
-                        source=module.weight)
+        return _linear(module.weight, module.bias)
     raise TypeError(f"{type(module).__name__} is not a weighted layer")
 
 
@@ -255,20 +263,9 @@ def functional_weighted(fn: Any, args: Sequence[Any], kwargs: dict) -> Weighted:
 
     weight, bias = arg(1, "weight", None), arg(2, "bias", None)
     if fn is F.linear:
-        return Weighted(weight.detach(), bias.detach() if bias is not None else None, 0,
-                        source=weight if isinstance(weight, nn.Parameter) else None)
-    dims = weight.dim() - 2
-    padding = arg(4, "padding", 0)
-    stride, dilation = _tuple(arg(3, "stride", 1), dims), _tuple(arg(5, "dilation", 1), dims)
-    pad = None
-    if isinstance(padding, str):
-        if padding == "same":
-            totals = [d * (k - 1) for k, d in zip(weight.shape[2:], dilation)]
-            pad = tuple(v for t in reversed(totals) for v in (t // 2, t - t // 2))
-        padding = 0
-    return Weighted(weight.detach(), bias.detach() if bias is not None else None, dims, stride,
-                    _tuple(padding, dims), dilation, int(arg(6, "groups", 1)), pad,
-                    source=weight if isinstance(weight, nn.Parameter) else None)
+        return _linear(weight, bias)
+    return _conv(weight, bias, arg(3, "stride", 1), arg(4, "padding", 0), arg(5, "dilation", 1), arg(6, "groups", 1),
+                 source=weight if isinstance(weight, nn.Parameter) else None)
 
 
 def bn_parts(weight: Tensor | None, bias: Tensor | None, mean: Tensor, var: Tensor,
@@ -283,19 +280,26 @@ def bn_parts(weight: Tensor | None, bias: Tensor | None, mean: Tensor, var: Tens
     return scale, shift
 
 
+def bn_module_parts(bn: nn.Module) -> tuple[Tensor, Tensor] | None:
+    """An eval-mode BatchNorm module (or one like it: ``weight``, ``bias``, ``running_mean``,
+    ``running_var``, ``eps``) as ``(scale, shift)``; None without running statistics."""
+    if getattr(bn, "running_mean", None) is None:
+        return None
+    affine = getattr(bn, "affine", True)
+    return bn_parts(getattr(bn, "weight", None) if affine else None, getattr(bn, "bias", None) if affine else None,
+                    bn.running_mean, bn.running_var, bn.eps)
+
+
 def fold_bn(conv: Weighted | nn.Module, bn: nn.Module | tuple[Tensor, Tensor]) -> Weighted:
     """A conv followed by eval-mode BatchNorm as one conv: new tensors, the model untouched.
 
-    ``bn``: a BatchNorm module (or one like it: ``weight``, ``bias``, ``running_mean``,
-    ``running_var``, ``eps``), or its ``(scale, shift)``.
+    ``bn``: a BatchNorm module (see :func:`bn_module_parts`) or its ``(scale, shift)``.
     """
     lin = weighted_of(conv)
-    if isinstance(bn, tuple):
-        scale, shift = bn
-    else:
-        scale, shift = bn_parts(getattr(bn, "weight", None) if getattr(bn, "affine", True) else None,
-                                getattr(bn, "bias", None) if getattr(bn, "affine", True) else None,
-                                bn.running_mean, bn.running_var, bn.eps)
+    parts = bn if isinstance(bn, tuple) else bn_module_parts(bn)
+    if parts is None:
+        raise ValueError(f"{type(bn).__name__} keeps no running statistics: there is nothing to fold")
+    scale, shift = parts
     w = lin.weight * scale.view(-1, *([1] * (lin.weight.dim() - 1)))
     b = (lin.bias * scale if lin.bias is not None else 0) + shift
     return replace(lin, weight=w, bias=b, source=None)
@@ -315,17 +319,17 @@ def _standardised(w: Tensor, eps: float, gain: Tensor | None = None) -> Tensor:
 
 
 def _timm_conv2d_same(m: nn.Module) -> Weighted:
-    return _conv(m, m.weight, pad="same", source=m.weight)
+    return _conv_module(m, m.weight, pad="same", source=m.weight)
 
 
 def _timm_std_conv2d_same(m: nn.Module) -> Weighted:
     w = _standardised(m.weight.detach(), m.eps)
-    return _conv(m, w, pad="same" if m.same_pad else None)
+    return _conv_module(m, w, pad="same" if m.same_pad else None)
 
 
 def _timm_scaled_std_conv2d_same(m: nn.Module) -> Weighted:
     w = _standardised(m.weight.detach(), m.eps, (m.gain * m.scale).detach())
-    return _conv(m, w, pad="same" if m.same_pad else None)
+    return _conv_module(m, w, pad="same" if m.same_pad else None)
 
 
 register_conv_leaf("timm.layers.conv2d_same.Conv2dSame", _timm_conv2d_same)

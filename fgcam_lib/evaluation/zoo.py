@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 __all__ = ["TIMM_FAMILIES", "SIZES", "torchvision_cnns", "trained_like_bn", "check_model", "relevance_lost",
-           "middle_layer", "build", "zoo_input", "markdown", "main"]
+           "middle_layer", "stages_below", "build", "zoo_input", "markdown", "main"]
 
 #: one small model per timm CNN family: family -> model name (timm 1.0)
 TIMM_FAMILIES: dict[str, str] = {
@@ -108,15 +108,21 @@ def zoo_input(model: nn.Module, size: int) -> torch.Tensor:
     return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(0))
 
 
-def middle_layer(explainer: Any, x: torch.Tensor) -> str:
-    """A stage between the input and the component layer, by module path: the middle one of
-    the model's resolutions (ResNet: ``layer2``)."""
+def stages_below(explainer: Any, x: torch.Tensor) -> list[str]:
+    """The model's stages below the component layer, deepest first (ResNet: ``layer3``,
+    ``layer2``, ``layer1``, the stem), found with one forward of one image of ``x``."""
     from ..engine.walk import forward
 
     graph = explainer.graph
     shapes = forward(graph, x[:1]).shapes
-    stages = [p for p in graph.stages(shapes) if p != explainer.component_position]
-    return graph.name(stages[len(stages) // 2]) if stages else graph.name(explainer.component_position)
+    return [graph.name(p) for p in graph.stages(shapes) if p != explainer.component_position]
+
+
+def middle_layer(explainer: Any, x: torch.Tensor) -> str:
+    """A stage between the input and the component layer, by module path: the middle one of
+    the model's resolutions (ResNet: ``layer2``)."""
+    stages = stages_below(explainer, x)
+    return stages[len(stages) // 2] if stages else explainer.component_layer
 
 
 def relevance_lost(model: nn.Module, x: torch.Tensor, rules: str) -> float:
