@@ -239,6 +239,23 @@ def test_sample_photos_subset_size_and_horse() -> None:
         sample_photos(32, names=["unicorn"])
 
 
+def test_photo_set_scores_the_hand_box_for_every_correct_class() -> None:
+    from fgcam_lib.data.photos import PhotoSet, photo_boxes
+    from fgcam_lib.evaluation.batch import Batch, load_batch
+
+    ds = PhotoSet(64, ["coffee", "horse", "astronaut"])   # the horse has no box: left out
+    assert ds.image_ids == ["coffee", "astronaut"] and len(ds) == 2
+    item = ds[0]
+    assert item["label"] == 967 and item["classes"].tolist() == [967, 968, 504]
+    assert item["boxes"].shape == (3, 4) and torch.allclose(item["boxes"][1], torch.tensor(photo_boxes(64, ["coffee"])[0]))
+    b = load_batch(ds, None)
+    assert isinstance(b, Batch) and b.ids == ["coffee", "astronaut"]
+    boxes, _ = b.region(torch.tensor([504, 0]))   # a correct class other than the label, then a wrong one
+    assert torch.allclose(boxes[0][0], item["boxes"][0]) and torch.allclose(boxes[1][0], ds[1]["boxes"][0])
+    with pytest.raises(ValueError, match="has a box"):
+        PhotoSet(32, ["horse"])
+
+
 def test_sample_photo_class_names_match_imagenet() -> None:
     weights = pytest.importorskip("torchvision.models").VGG16_BN_Weights.IMAGENET1K_V1
     categories = weights.meta["categories"]

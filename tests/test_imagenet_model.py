@@ -60,3 +60,25 @@ def test_predictions_maps_and_conservation_on_two_photos(lite0):
     for i, (x0, y0, x1, y1) in enumerate(photo_boxes(224, names)):
         yy, xx = divmod(int(maps[i].argmax()), 224)
         assert x0 <= xx < x1 and y0 <= yy < y1, (names[i], xx, yy)
+
+
+def test_the_explorer_offers_the_real_network_and_starts_on_a_photo(lite0):
+    from fgcam_lib.ui.explorer import Explorer
+    from fgcam_lib.ui.gallery import MENU, model_menu
+
+    menu = model_menu()
+    assert list(menu) == list(MENU) and MENU[0] == "efficientnet_lite0"
+    model, pre = lite0
+    app = Explorer(model, pre, models=menu, model_name="efficientnet_lite0", display_dpi=30)
+    assert [v for _, v in app.controls()["model"].options] == list(MENU)
+    names = [n for n, _ in app.images]
+    assert names[0] == "photo: cat" and any(n.startswith("scene") for n in names)   # photos first, scenes kept
+    assert app.top_classes(0)[0][1] == "Egyptian cat"
+    app.update(image=0, method="fg_grad_cam", layer="input")
+    m = app.current_map()
+    assert app.error is None and m.shape == (224, 224) and bool(torch.isfinite(m).all())
+    x0, y0, x1, y1 = photo_boxes(224, ["cat"])[0]
+    yy, xx = divmod(int(m.argmax()), 224)
+    assert x0 <= xx < x1 and y0 <= yy < y1
+    app.update(model="bundled")   # the bundled model from the same menu, on the benchmark's classes
+    assert app.error is None and app.preprocess.size == 96 and "cross" in app.class_names

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from .readers import Size, as_hw, center_square, resize_image
 
-__all__ = ["SamplePhoto", "SAMPLE_PHOTOS", "DEFAULT_SAMPLE_PHOTOS", "sample_photos", "photo_boxes"]
+__all__ = ["SamplePhoto", "SAMPLE_PHOTOS", "DEFAULT_SAMPLE_PHOTOS", "sample_photos", "photo_boxes", "PhotoSet"]
 
 
 @dataclass(frozen=True)
@@ -178,3 +178,37 @@ def sample_photos(
         x = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))).float().div_(255.0)
         images.append(resize_image(center_square(x), hw))
     return torch.stack(images), chosen, [SAMPLE_PHOTOS[n].imagenet_class for n in chosen]
+
+
+class PhotoSet:
+    """The sample photos as an evaluation data set: items like a benchmark scene's.
+
+    Item ``i`` is ``{"image": 3 x S x S in [0, 1], "label": the photo's ImageNet class,
+    "classes": every class that counts as correct, "boxes": the hand-drawn box once per
+    class}``, so the localization metrics score the box whichever correct class is explained.
+    ``image_ids`` are the photos' names. Photos without a box inside the square are left out.
+
+    Example:
+        >>> ds = PhotoSet(224)
+        >>> len(ds), ds.image_ids[:2], ds[0]["boxes"].shape
+        (8, ['cat', 'coffee'], torch.Size([3, 4]))
+    """
+
+    def __init__(self, size: Size = 224, names: Sequence[str] | None = None) -> None:
+        chosen = list(DEFAULT_SAMPLE_PHOTOS if names is None else names)
+        boxes = photo_boxes(size, chosen)
+        keep = [(n, b) for n, b in zip(chosen, boxes) if b is not None]
+        if not keep:
+            raise ValueError(f"none of the photos {chosen} has a box")
+        self.image_ids: list[str] = [n for n, _ in keep]
+        self.images, _, _ = sample_photos(size, self.image_ids)
+        self._boxes = [b for _, b in keep]
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def __getitem__(self, i: int) -> dict:
+        spec = SAMPLE_PHOTOS[self.image_ids[i]]
+        classes = torch.tensor(spec.correct, dtype=torch.long)
+        boxes = torch.tensor([self._boxes[i]] * len(classes), dtype=torch.float32)
+        return {"image": self.images[i], "label": spec.imagenet_class, "classes": classes, "boxes": boxes}

@@ -92,8 +92,12 @@ def dataset_image_ids(dataset: Any, indices: Sequence[int]) -> list[str]:
     """Stable ids of the images at ``indices``, known without loading them.
 
     File name for file-backed data sets (``ImageNetVal``, ``ImageFolderDataset``), the
+    data set's own ``image_ids`` where it has them (``PhotoSet``: the photos' names), the
     position in the data set otherwise (a scene's index).
     """
+    own = getattr(dataset, "image_ids", None)
+    if own is not None:
+        return [str(own[i]) for i in indices]
     records = getattr(dataset, "records", None)
     paths = getattr(dataset, "paths", None)
     if records is not None:

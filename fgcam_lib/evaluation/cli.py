@@ -67,7 +67,8 @@ def build_parser(prog: str = "python -m fgcam_lib.evaluation") -> argparse.Argum
     p.add_argument("--device", default="cpu",
                    help="cpu, cuda or cuda:<i>; under torchrun 'cuda' means each rank's own GPU (LOCAL_RANK)")
     p.add_argument("--data", default="benchmark:test",
-                   help=f"benchmark:<split> ({', '.join(SPLITS)}), imagenet:<val folder> "
+                   help=f"benchmark:<split> ({', '.join(SPLITS)}), photos (the eight sample photos with "
+                        "hand-drawn boxes; photos:cat,coffee for some), imagenet:<val folder> "
                         "(empty folder: FGCAM_IMAGENET_* env vars), or a folder of images")
     p.add_argument("--boxes", default=None, help="ImageNet boxes: XML folder or LOC_val_solution.csv")
     p.add_argument("--synsets", default=None, help="ImageNet LOC_synset_mapping.txt")
@@ -144,6 +145,11 @@ def _datasets(args: argparse.Namespace, model: nn.Module, size: int) -> list[tup
         out = [(f"benchmark:{split}", SyntheticScenes(split, n_faith, seed=seed, size=size), n_faith, faith)]
         if loc:
             out.append(("benchmark:loc", SyntheticScenes("loc", n_loc, seed=seed, size=size), n_loc, loc))
+    elif kind == "photos":
+        from ..data.photos import PhotoSet
+
+        ds = PhotoSet(size, _split_list(rest) or None)
+        out = [("photos", ds, min(n_faith, len(ds)), metrics)]
     elif kind == "imagenet":
         boxes = args.boxes or os.environ.get("FGCAM_IMAGENET_BOXES")
         synsets = args.synsets or os.environ.get("FGCAM_IMAGENET_SYNSETS")

@@ -5,7 +5,7 @@
     >>> fig = app.update(method="fg_grad_cam", layer=13, fraction=0.25)
     >>> app.controls()["layer"].options                # what a layer menu would list
     >>> lab = app.fork()                               # a second state on the same caches
-    >>> app = Explorer.from_models(bundled_models())   # a model menu; each model loads when chosen
+    >>> app = Explorer.from_models(model_menu())   # a model menu; each model loads when chosen
     >>> fig = app.update(model="bundled_resnet", layer="layer1")
 
 ``update()`` changes the settings given (the others keep their value), renders and returns a
@@ -15,7 +15,7 @@ lists and shows; the ipywidgets view (:mod:`.widgets`) only mirrors it and calls
 ``update()``. Listeners (:meth:`subscribe`) hear ``"settings"``, ``"images"`` and ``"result"``.
 
 Models: ``models=`` maps names to ``(model, preprocess)`` pairs or to loaders (functions that
-return such a pair, e.g. :func:`~fgcam_lib.ui.gallery.bundled_models`), called the first time the
+return such a pair, e.g. :func:`~fgcam_lib.ui.gallery.model_menu`), called the first time the
 model is chosen. ``update(model=name)`` switches: the layer menu lists that model's layers (the
 current layer moves to the layer at the same resolution), the class menu its classes; each model
 keeps its own caches, so switching back recomputes nothing.
@@ -50,7 +50,8 @@ from ..methods.base import Explainer, Explanation
 from ..methods.components import TopComponents
 from ..methods.fgcam import BASES, FGCAM, denoise, denoise_rank
 from ..methods.registry import is_input_layer, make_explainer
-from .gallery import ModelLoader, as_image_tensor, class_names_of, default_images, image_name, model_label
+from .gallery import (ModelLoader, as_image_tensor, class_names_of, default_images, image_name, knows_benchmark,
+                      model_label)
 from .settings import (CAMS, DEFAULT_MODEL, KEEP, LRPS, METHODS, PREDICTED, RULES, Control, Settings,
                        fraction_choices, parse_method, pool_layers, registry_name)
 
@@ -162,7 +163,8 @@ class Explorer:
         preprocess: the model's :class:`~fgcam_lib.data.models.Preprocess` (resize + normalise;
             its ``mean``/``std`` set the canonical rules' pixel bounds).
         images: B x 3 x H x W in [0, 1], or a list of ``(name, 3 x H x W)`` pairs, tensors or
-            paths; default: four benchmark scenes and the bundled photos.
+            paths; default: four benchmark scenes and the real photos (the photos first
+            for a model whose classes are not the benchmark's).
         class_names: one name per class of ``model``; default: the model's card or ``categories``
             (the other models' names always come from their cards).
         max_cached: explanations kept per model (least recently used dropped first).
@@ -209,7 +211,9 @@ class Explorer:
         self._loaded: dict[str, _Loaded] = {model_name: _Loaded.of(model, preprocess, class_names)}
         self._activate(model_name)
         self.images: list[tuple[str, Tensor]] = []
-        for i, item in enumerate(default_images(preprocess.size) if images is None else images):
+        if images is None:  # a network that knows photos starts on one; a bundled model on a scene
+            images = default_images(preprocess.size, photos_first=not knows_benchmark(self.class_names))
+        for i, item in enumerate(images):
             name, img = item if isinstance(item, tuple) else (image_name(item, i), item)
             self.add_image(img, name)
         if not self.images:
@@ -225,9 +229,9 @@ class Explorer:
         and loads each of the others when it is chosen; ``kwargs`` go to the constructor.
 
         Example:
-            >>> app = Explorer.from_models(bundled_models(), "bundled")
+            >>> app = Explorer.from_models(model_menu(), "bundled")
             >>> [name for _, name in app.controls()["model"].options]
-            ['bundled', 'bundled_vgg16bn_fc', 'bundled_resnet']
+            ['efficientnet_lite0', 'bundled', 'bundled_vgg16bn_fc', 'bundled_resnet']
         """
         if not models:
             raise ValueError("from_models needs at least one model")

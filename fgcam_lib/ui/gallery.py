@@ -1,11 +1,15 @@
 """The explorer's images, class names and models: the default gallery (benchmark scenes and the
-bundled photos), images from tensors, PIL images or files, class names from a model's card, and
-loaders of the bundled models (nothing loads until a loader is called).
+real photos), images from tensors, PIL images or files, class names from a model's card, and
+loaders of the menu's models (nothing loads until a loader is called).
 
     >>> default_images(96)[0][0]
     'scene 0 (cross)'
+    >>> default_images(224, photos_first=True)[0][0]
+    'photo: cat'
     >>> as_image_tensor("photo.png").shape             # 3 x H x W in [0, 1]
-    >>> models = bundled_models()                      # name -> loader, nothing loaded yet
+    >>> models = model_menu()                          # name -> loader, nothing loaded yet
+    >>> list(models)
+    ['efficientnet_lite0', 'bundled', 'bundled_vgg16bn_fc', 'bundled_resnet']
     >>> model, preprocess = models["bundled_resnet"]()
     >>> model_label("bundled_resnet")
     'bundled_resnet: ResNet (BasicBlock)'
@@ -21,28 +25,31 @@ from torch import nn
 
 from ..data.models import BUNDLED_MODELS
 
-__all__ = ["default_images", "as_image_tensor", "image_name", "class_names_of", "BUNDLED", "MODEL_LABELS",
-           "ModelLoader", "bundled_models", "model_label"]
+__all__ = ["default_images", "as_image_tensor", "image_name", "class_names_of", "BUNDLED", "MENU", "MODEL_LABELS",
+           "ModelLoader", "model_menu", "model_label", "knows_benchmark"]
 
 Tensor = torch.Tensor
 #: a zero-argument function that returns ``(model, preprocess)``
 ModelLoader = Callable[[], "tuple[nn.Module, Any]"]
 #: the bundled models, in the order of the explorer's model menu
 BUNDLED: tuple[str, ...] = tuple(BUNDLED_MODELS)
+#: the explorer's model menu: the real ImageNet network (its weights install offline), then the bundled models
+MENU: tuple[str, ...] = ("efficientnet_lite0", *BUNDLED)
 #: model name -> what the model menu says about it
 MODEL_LABELS: dict[str, str] = {
+    "efficientnet_lite0": "efficientnet_lite0: EfficientNet-Lite0, ImageNet",
     "bundled": "bundled: VGG16-BN, GAP + linear",
     "bundled_vgg16bn_fc": "bundled_vgg16bn_fc: VGG16-BN, 3 FC",
     "bundled_resnet": "bundled_resnet: ResNet (BasicBlock)",
 }
 
 
-def bundled_models(names: Sequence[str] = BUNDLED) -> dict[str, ModelLoader]:
-    """``{name: loader}`` for bundled (or any :func:`~fgcam_lib.data.models.load_model`) models;
+def model_menu(names: Sequence[str] = MENU) -> dict[str, ModelLoader]:
+    """``{name: loader}`` for the menu's (or any :func:`~fgcam_lib.data.models.load_model`) models;
     a model is read from disk only when its loader is called.
 
     Example:
-        >>> list(bundled_models())
+        >>> list(model_menu(BUNDLED))
         ['bundled', 'bundled_vgg16bn_fc', 'bundled_resnet']
     """
     from ..data.models import load_model
@@ -65,17 +72,26 @@ def class_names_of(model: nn.Module, n_classes: int) -> list[str]:
     return [f"class {i}" for i in range(n_classes)]
 
 
-def default_images(size: int) -> list[tuple[str, Tensor]]:
-    """A few benchmark scenes and the bundled photos, at the model's input size."""
+def knows_benchmark(class_names: Sequence[str]) -> bool:
+    """Whether a model's classes are the benchmark scenes' (a bundled model), not, say, ImageNet's."""
+    from ..data.scenes import CLASSES
+
+    return list(class_names) == list(CLASSES)
+
+
+def default_images(size: int, photos_first: bool = False) -> list[tuple[str, Tensor]]:
+    """Four benchmark scenes and the real photos, at the model's input size; ``photos_first``
+    for a model that knows photos (an ImageNet network), so it starts on one."""
     from ..data.scenes import CLASSES, SyntheticScenes
 
     scenes = SyntheticScenes("test", n=4, size=size)
     out = [(f"scene {i} ({CLASSES[s['label']]})", s["image"]) for i, s in ((i, scenes[i]) for i in range(len(scenes)))]
     try:
-        from ..data.images import sample_photos
+        from ..data.photos import sample_photos
 
         photos, names, _ = sample_photos(size)
-        out += [(f"photo: {n}", p) for n, p in zip(names, photos)]
+        pictures = [(f"photo: {n}", p) for n, p in zip(names, photos)]
+        out = pictures + out if photos_first else out + pictures
     except (ImportError, OSError, AttributeError):  # scikit-image missing or a broken wheel
         pass
     return out

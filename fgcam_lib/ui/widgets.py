@@ -6,7 +6,7 @@
     >>> app.show()                                     # JupyterLab: the interactive app
     >>> lab = app.fork()                               # headless states that leave the app alone
     >>> fig = lab.update(method="fg_grad_cam", layer=13, fraction=0.25)
-    >>> app = Explorer.from_models(bundled_models())   # with a model menu (each loads when chosen)
+    >>> app = Explorer.from_models(model_menu())   # with a model menu (each loads when chosen)
 
 All state, caching and drawing live in the headless :class:`fgcam_lib.ui.explorer.Explorer`;
 this module builds the controls, keeps them in step with the settings and shows the result
@@ -23,12 +23,12 @@ from typing import Any, Callable, Sequence
 
 from . import explorer as core
 from .explorer import ExplorerFigure
-from .gallery import bundled_models
+from .gallery import model_menu
 from .settings import METHODS, PREDICTED, RULES, Settings, fraction_choices, parse_method, pool_layers
 
 __all__ = [
     "Explorer", "ExplorerView", "ExplorerFigure", "Settings", "METHODS", "RULES", "PREDICTED",
-    "parse_method", "pool_layers", "fraction_choices", "bundled_models",
+    "parse_method", "pool_layers", "fraction_choices", "model_menu",
 ]
 
 #: controls bound to a setting of the same name
