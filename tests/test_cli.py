@@ -88,6 +88,25 @@ def test_a_photo_is_explained_by_the_real_network_by_default(photos, tmp_path, c
     assert "cat" in printed.lower() and "(28" in printed  # ImageNet class names with their indices: a cat class
 
 
+def test_scenes_written_by_fgcam_are_explained_by_the_bundled_model(photos, tmp_path, capsys):
+    from fgcam_lib.data.scenes import SyntheticScenes, is_scene_file
+
+    folder = tmp_path / "scenes"
+    assert cli.main(["scenes", "--n", "2", "--out", str(folder)]) == 0
+    files = sorted(folder.glob("*.png"))
+    assert [f.name for f in files] == [p.name for p in SyntheticScenes("test", 2).save(tmp_path / "again")]
+    assert all(is_scene_file(f) for f in files) and not is_scene_file(photos / "cat.png")
+    img = np.asarray(Image.open(files[0]), dtype=np.float32) / 255
+    assert np.abs(img - SyntheticScenes("test", 1)[0]["image"].permute(1, 2, 0).numpy()).max() <= 0.5 / 255 + 1e-6
+    capsys.readouterr()
+    out = tmp_path / "out"
+    assert cli.main(["explain", str(folder), "--method", "grad_cam", "--out", str(out)]) == 0
+    assert "model: bundled" in capsys.readouterr().err
+    assert sorted(p.name for p in out.glob("*.npy"))[0].endswith("_grad_cam_features.43.npy")   # the bundled VGG
+    assert cli.main(["scenes", "--split", "nope", "--out", str(folder)]) == 2
+    assert "unknown split" in capsys.readouterr().err
+
+
 def test_target_and_signed(photos, tmp_path, capsys):
     out = tmp_path / "out"
     assert cli.main(["explain", str(photos / "cat.png"), "--method", "clrp", "--signed", "--target", "3",

@@ -171,3 +171,25 @@ def test_weight_ablation_rows(tiny_vgg, images):
     pos = (w > 0).numpy()
     assert np.allclose(piv.loc[pos, "mean"], piv.loc[pos, "ones"], equal_nan=True)
     assert np.isfinite(df["ssim"]).all()
+
+
+def test_stage_groups_are_the_convs_of_one_resolution():
+    """ResNet: fc, then layer4, layer3, layer2, layer1, the stem; a traced "same"-padding conv
+    (EfficientNet-Lite) is randomised through its module, and every stage shares one resolution."""
+    tvm = pytest.importorskip("torchvision.models")
+    from fgcam_lib.evaluation.sanity_report import stage_groups
+
+    groups = stage_groups(tvm.resnet18(num_classes=10).eval(), 64)
+    assert groups[0] == ["fc"]
+    tops = [{name.split(".")[0] for name in g} for g in groups[1:]]
+    assert tops == [{"layer4"}, {"layer3"}, {"layer2"}, {"layer1"}, {"conv1", "bn1"}]
+    assert "layer4.0.downsample.0" in groups[1] and "layer4.0.bn1" in groups[1]
+
+    lite = pytest.importorskip("efficientnet_lite_pytorch")
+    model = lite.EfficientNet.from_name("efficientnet-lite0").eval()
+    groups = stage_groups(model, 64)
+    assert groups[0] == ["_fc"] and groups[1][:2] == ["_conv_head", "_bn1"]
+    assert groups[-1][-2:] == ["_conv_stem", "_bn0"] and len(groups) == 6   # fc + five resolutions, 1/32 .. 1/2
+    assert "_blocks.0._depthwise_conv" in groups[-1]   # block 0 runs at the stem's resolution
+    convs = [n for g in groups[1:] for n in g if isinstance(model.get_submodule(n), torch.nn.Conv2d)]
+    assert len(convs) == len(set(convs)) == sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from .readers import Size, as_hw, center_square, resize_image
 
-__all__ = ["SamplePhoto", "SAMPLE_PHOTOS", "DEFAULT_SAMPLE_PHOTOS", "sample_photos", "photo_boxes", "PhotoSet"]
+__all__ = ["SamplePhoto", "SAMPLE_PHOTOS", "DEFAULT_SAMPLE_PHOTOS", "sample_photos", "photo_boxes", "PhotoSet", "PhotoPairs"]
 
 
 @dataclass(frozen=True)
@@ -212,3 +212,45 @@ class PhotoSet:
         classes = torch.tensor(spec.correct, dtype=torch.long)
         boxes = torch.tensor([self._boxes[i]] * len(classes), dtype=torch.float32)
         return {"image": self.images[i], "label": spec.imagenet_class, "classes": classes, "boxes": boxes}
+
+
+class PhotoPairs:
+    """Two real photos side by side, for class sensitivity on a real network: the two-object
+    scenes of the benchmark, made of photos.
+
+    Each item is a ``size`` x ``size`` grey canvas with photo ``a`` shrunk to half the side on
+    the left and photo ``b`` on the right, both centred vertically; ``classes`` are the two
+    photos' ImageNet labels, ``masks`` (2 x S x S) the two photos' squares and ``boxes`` the same
+    squares. Pairs are every unordered pair of ``names`` (28 for the eight photos), in order.
+
+    Example:
+        >>> pairs = PhotoPairs(224)
+        >>> len(pairs), pairs.image_ids[0], pairs[0]["classes"].tolist()
+        (28, 'cat+coffee', [281, 967])
+    """
+
+    def __init__(self, size: int = 224, names: Sequence[str] | None = None, n: int | None = None) -> None:
+        chosen = list(DEFAULT_SAMPLE_PHOTOS if names is None else names)
+        if len(chosen) < 2:
+            raise ValueError("PhotoPairs needs at least two photos")
+        half = size // 2
+        self.size, self._photos = size, dict(zip(chosen, sample_photos(half, chosen)[0]))
+        pairs = [(a, b) for i, a in enumerate(chosen) for b in chosen[i + 1:]]
+        self.pairs: list[tuple[str, str]] = pairs[:n] if n is not None else pairs
+        self.image_ids: list[str] = [f"{a}+{b}" for a, b in self.pairs]
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, i: int) -> dict:
+        a, b = self.pairs[i]
+        s, h = self.size, self.size // 2
+        top = (s - h) // 2
+        image = torch.full((3, s, s), 0.5)
+        masks = torch.zeros(2, s, s, dtype=torch.bool)
+        for k, name in enumerate((a, b)):
+            image[:, top:top + h, k * h:(k + 1) * h] = self._photos[name]
+            masks[k, top:top + h, k * h:(k + 1) * h] = True
+        boxes = torch.tensor([[0, top, h, top + h], [h, top, 2 * h, top + h]], dtype=torch.float32)
+        classes = torch.tensor([SAMPLE_PHOTOS[a].imagenet_class, SAMPLE_PHOTOS[b].imagenet_class])
+        return {"image": image, "label": int(classes[0]), "classes": classes, "masks": masks, "boxes": boxes}

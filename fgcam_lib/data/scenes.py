@@ -13,13 +13,17 @@ machine and independent of the order they are generated in.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-__all__ = ["SyntheticScenes", "Scene", "CLASSES", "SPLITS"]
+__all__ = ["SyntheticScenes", "Scene", "CLASSES", "SPLITS", "SCENE_TAG", "is_scene_file"]
+
+#: the PNG text key :meth:`SyntheticScenes.save` writes: "split=test seed=0 index=3 classes=cross"
+SCENE_TAG = "fgcam-scene"
 
 CLASSES: list[str] = ["disk", "square", "triangle", "star", "cross", "ring", "heart", "arrow"]
 
@@ -323,6 +327,29 @@ class SyntheticScenes(Dataset):
             "index": int(index),
         }
 
+    def save(self, folder: str | Path, indices: Sequence[int] | None = None) -> list[Path]:
+        """Write scenes as PNG files ``<split>_<index>_<class>.png`` in ``folder`` (created if missing),
+        each tagged (PNG text :data:`SCENE_TAG`) so ``fgcam explain`` knows them for benchmark scenes.
+
+        Example:
+            >>> SyntheticScenes("test", 4).save("scenes")[0].name
+            'test_0000_cross.png'
+        """
+        from PIL import Image, PngImagePlugin
+
+        out = Path(folder)
+        out.mkdir(parents=True, exist_ok=True)
+        written = []
+        for i in range(self.n) if indices is None else indices:
+            s = self.render(int(i))
+            names = "+".join(CLASSES[int(c)] for c in s.classes)
+            info = PngImagePlugin.PngInfo()
+            info.add_text(SCENE_TAG, f"split={self.split} seed={self.seed} index={int(i)} classes={names}")
+            path = out / f"{self.split}_{int(i):04d}_{names}.png"
+            Image.fromarray((s.image * 255).round().astype(np.uint8)).save(path, pnginfo=info)
+            written.append(path)
+        return written
+
     def to_tensors(self, start: int = 0, stop: int | None = None, progress: bool = False
                    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Materialise scenes [start, stop) for training.
@@ -346,6 +373,18 @@ class SyntheticScenes(Dataset):
             classes[j] = s.classes
         out = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
         return out, torch.from_numpy(classes)
+
+
+def is_scene_file(path: str | Path) -> bool:
+    """Whether ``path`` is a benchmark scene written by :meth:`SyntheticScenes.save` (its PNG tag);
+    False for any other file, a missing or an unreadable one."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return SCENE_TAG in getattr(im, "text", {})
+    except (OSError, ValueError):
+        return False
 
 
 def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:

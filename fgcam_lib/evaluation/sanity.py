@@ -66,14 +66,15 @@ def randomization_groups(model: nn.Module, by: str = "conv") -> list[list[str]]:
     if by not in ("conv", "stage"):
         raise ValueError(f"unknown grouping {by!r}; use 'conv' or 'stage'")
     graph = graph_of(model)
-    nodes = [n for n in graph.nodes if n.module is not None and n.name in dict(model.named_modules())]
-    linear = [[n.name] for n in nodes if isinstance(n.module, nn.Linear)]
+    modules = dict(model.named_modules())
+    linear = [[n.name] for n in graph.nodes if n.name in modules and isinstance(n.module, nn.Linear)]
     convs: list[list[str]] = []
     stages: list[list[str]] = [[]]
     for i, n in enumerate(graph.nodes):
         m = n.module
-        if isinstance(m, nn.Conv2d) and n in nodes:
-            group = [n.name]
+        conv = _conv_module(n, modules)
+        if conv is not None:
+            group = [conv]
             bns = [graph.nodes[u] for u in graph.users[i] if isinstance(graph.nodes[u].module, nn.BatchNorm2d)]
             if len(graph.users[i]) == 1 and bns:  # the BatchNorm right after it
                 group.append(bns[0].name)
@@ -86,6 +87,17 @@ def randomization_groups(model: nn.Module, by: str = "conv") -> list[list[str]]:
         raise ValueError("the model has no Conv2d layer to randomise")
     body = convs if by == "conv" else stages
     return linear[::-1] + body[::-1]
+
+
+def _conv_module(node: Any, modules: Mapping[str, nn.Module]) -> str | None:
+    """The path of the ``nn.Conv2d`` a graph node runs: the node's own module, or the module
+    whose forward the trace went through (a "same"-padding conv traced to its ``F.conv2d``)."""
+    if node.name in modules and isinstance(node.module, nn.Conv2d):
+        return node.name
+    owner = node.name.rpartition(".")[0]
+    if node.kind == "conv" and node.module is None and isinstance(modules.get(owner), nn.Conv2d):
+        return owner
+    return None
 
 
 def randomized_copy(model: nn.Module, groups: Sequence[Sequence[str]], step: int, seed: int = 0) -> nn.Module:

@@ -2,8 +2,10 @@
 
     python -m fgcam_lib.evaluation.sanity_report --model bundled_resnet      # tables printed, rows in results/
 
-Notebook 08 tells the story on the bundled VGG; this runs the same checks on each bundled
-model (layers at the paper's resolutions, :func:`fgcam_lib.methods.registry.paper_layers`):
+Notebook 08 tells the story on the bundled VGG; this runs the same checks on any model (layers
+at the paper's resolutions, :func:`fgcam_lib.methods.registry.paper_layers`): a bundled model on
+the benchmark's scenes, a real ImageNet network (``--model efficientnet_lite0``) on the real
+photos, with pairs of photos side by side as its two-object images:
 
 - **randomisation**: the mean Spearman (|map|) to the original map once every linear layer is
   re-initialised, and once the last conv stage is too, with the verdict of
@@ -35,39 +37,72 @@ if TYPE_CHECKING:
 __all__ = ["stage_groups", "sanity_tables", "main"]
 
 
-def stage_groups(model: nn.Module) -> list[list[str]]:
-    """Randomisation groups, top-down: each linear layer, then one group per conv stage.
+def stage_groups(model: nn.Module, size: int = 224) -> list[list[str]]:
+    """Randomisation groups, top-down: each linear layer, then one group per conv stage, a stage
+    being the convs (with their BatchNorms) whose outputs have the same resolution for a ``size``
+    px input. On a VGG these are the convs between two pools; on a ResNet ``layer4``, ``layer3``,
+    ..., the stem; on an EfficientNet the blocks between two strided convs.
 
-    VGG: the convs between two pools (:func:`~fgcam_lib.evaluation.sanity.randomization_groups`
-    with ``by="stage"``). A network with one pool in its stem (ResNet) would give one stage
-    for the whole body there, so its convs are grouped by the top-level module they sit in
-    (``layer4``, ``layer3``, ..., the stem).
+    Example:
+        >>> [g[0] for g in stage_groups(torchvision.models.resnet18())][:3]
+        ['fc', 'layer4.1.conv2', 'layer3.1.conv2']
     """
-    groups = S.randomization_groups(model, by="stage")
+    from ..engine.graph import graph_of
+    from ..engine.walk import eval_mode, forward
+
+    groups = S.randomization_groups(model, by="conv")
     linear = [g for g in groups if isinstance(model.get_submodule(g[0]), nn.Linear)]
-    if len(groups) - len(linear) > 2:
-        return groups
-    by_top: dict[str, list[str]] = {}
-    for g in S.randomization_groups(model, by="conv")[len(linear):][::-1]:  # shallow to deep
-        for name in g:
-            by_top.setdefault(name.split(".")[0], []).append(name)
-    return linear + list(by_top.values())[::-1]
+    graph = graph_of(model)
+    x = torch.zeros(1, graph.input_channels or 3, size, size, device=next(model.parameters()).device)
+    with torch.no_grad(), eval_mode(model):
+        shapes = forward(graph, x).shapes
+    names = {n.name: i for i, n in enumerate(graph.nodes)}
+    stages: dict[tuple[int, ...], list[str]] = {}
+    for g in groups[len(linear):]:  # deep to shallow, so the coarsest resolution comes first
+        node = names.get(g[-1], names.get(f"{g[0]}.conv2d"))   # the BN after the conv, else the conv
+        side = tuple(int(v) for v in shapes[node][-2:]) if node is not None else (-1, -1)
+        stages.setdefault(side, []).extend(g)
+    return linear + list(stages.values())
+
+
+def _sanity_data(model: nn.Module, size: int, n_images: int, n_pairs: int, data: str) -> tuple[Any, Any, str]:
+    """(images, two-object images, what they are): benchmark scenes for a model of the benchmark's
+    classes, the real photos and photo pairs otherwise (``data="auto"``)."""
+    from ..data.scenes import CLASSES, SyntheticScenes
+
+    card = getattr(model, "card", {}) or {}
+    if data == "auto":
+        data = "benchmark" if list(card.get("classes", [])) == list(CLASSES) else "photos"
+    if data == "benchmark":
+        seed = int(card.get("scene_seed", 0))
+        return (SyntheticScenes("test", n_images, seed=seed, size=size),
+                SyntheticScenes("pairs", n_pairs, seed=seed, size=size), "benchmark scenes")
+    if data == "photos":
+        from ..data.photos import PhotoPairs, PhotoSet
+
+        return PhotoSet(size), PhotoPairs(size, n=n_pairs), "real photos, photo pairs side by side"
+    raise ValueError(f"unknown data {data!r}; use 'auto', 'benchmark' or 'photos'")
 
 
 def sanity_tables(model: nn.Module, preprocess: Any, n_images: int = 12, n_pairs: int = 24, n_ablation: int = 24,
-                  seed: int = 0, threshold: float = 0.5) -> dict[str, "pd.DataFrame"]:
-    """``{"randomization", "class_sensitivity", "weight_ablation"}`` tables for ``model`` (see the module doc)."""
-    import pandas as pd
+                  seed: int = 0, threshold: float = 0.5, data: str = "auto") -> dict[str, "pd.DataFrame"]:
+    """``{"randomization", "class_sensitivity", "weight_ablation"}`` tables for ``model`` (see the module doc).
 
-    from ..data.scenes import SyntheticScenes
+    ``data``: ``"benchmark"`` (test scenes, two-object scenes), ``"photos"`` (the real photos,
+    at most 8, and pairs of them side by side with each photo's square as its mask) or
+    ``"auto"``: the benchmark for a model of the benchmark's classes, the photos otherwise.
+    ``df.attrs["data"]`` says which, ``df.attrs["n"]`` how many images each table used.
+    """
+    import pandas as pd
 
     torch.manual_seed(seed)
     size = int(getattr(preprocess, "size", 96))
-    scene_seed = int((getattr(model, "card", {}) or {}).get("scene_seed", 0))
     layers = paper_layers(model, size)
     finest = layers[-1]
-    test = load_batch(SyntheticScenes("test", max(n_images, n_ablation), seed=scene_seed, size=size), preprocess)
-    groups = stage_groups(model)
+    images, two, what = _sanity_data(model, size, max(n_images, n_ablation), n_pairs, data)
+    test = load_batch(images, preprocess)
+    n_images, n_ablation = min(n_images, len(test.x)), min(n_ablation, len(test.x))
+    groups = stage_groups(model, size)
     n_linear = sum(isinstance(model.get_submodule(g[0]), nn.Linear) for g in groups)
     pairs = [("grad_cam", finest), ("layer_cam", finest), ("fg_grad_cam", finest), ("lrp", finest),
              ("fg_grad_cam", "input"), ("lrp", "input"), ("clrp", "input"), ("sglrp", "input")]
@@ -79,7 +114,7 @@ def sanity_tables(model: nn.Module, preprocess: Any, n_images: int = 12, n_pairs
                       "+ last stage random": S.randomization_verdict(summary, n_linear + 1, threshold=threshold)},
                      axis=1)
 
-    pairs_b = load_batch(SyntheticScenes("pairs", n_pairs, seed=scene_seed, size=size), preprocess)
+    pairs_b = load_batch(two, preprocess)
     classes, masks = torch.stack(pairs_b.classes), torch.stack(pairs_b.masks)
     frames = []
     for name, layer in [("grad_cam", finest), ("layer_cam", finest), ("fg_grad_cam", finest),
@@ -96,7 +131,10 @@ def sanity_tables(model: nn.Module, preprocess: Any, n_images: int = 12, n_pairs
     abl = S.weight_ablation(model, preprocess, test.x[:n_ablation], [*layers, "input"], modes=("ones",), seed=seed)
     abl_sum = S.summarize_values(abl, ["variant", "layer"], ["spearman_abs"], seed=seed)
     abl_table = abl_sum["spearman_abs"].unstack("layer")[[str(l) for l in [*layers, "input"]]]
-    return {"randomization": rand, "class_sensitivity": cs_table, "weight_ablation": abl_table}
+    tables = {"randomization": rand, "class_sensitivity": cs_table, "weight_ablation": abl_table}
+    for t, n in zip(tables.values(), (n_images, len(pairs_b.x), n_ablation)):
+        t.attrs.update(data=what, n=n)
+    return tables
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -106,9 +144,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(prog="python -m fgcam_lib.evaluation.sanity_report", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="bundled")
-    p.add_argument("--n-images", type=int, default=12, help="test scenes for the randomisation")
-    p.add_argument("--n-pairs", type=int, default=24, help="two-object scenes for class sensitivity")
-    p.add_argument("--n-ablation", type=int, default=24, help="test scenes for the weight ablation")
+    p.add_argument("--data", choices=("auto", "benchmark", "photos"), default="auto",
+                   help="auto: benchmark scenes for a bundled model, the real photos (and pairs of them) otherwise")
+    p.add_argument("--n-images", type=int, default=12, help="test images for the randomisation (photos: at most 8)")
+    p.add_argument("--n-pairs", type=int, default=24, help="two-object images for class sensitivity")
+    p.add_argument("--n-ablation", type=int, default=24, help="test images for the weight ablation (photos: at most 8)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default="results", help="folder for sanity_<table>_<model fingerprint>.csv")
@@ -120,14 +160,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (WeightsNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    tables = sanity_tables(model, pre, args.n_images, args.n_pairs, args.n_ablation, args.seed)
+    tables = sanity_tables(model, pre, args.n_images, args.n_pairs, args.n_ablation, args.seed, data=args.data)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         for name, t in tables.items():
             path = out / f"sanity_{name}_{model_fingerprint(model)}.csv"
             t.to_csv(path)
-            print(f"\n{name} ({args.model}; {path})\n{t.round(3).to_string()}")
+            print(f"\n{name} ({args.model}, {t.attrs['data']}, n = {t.attrs['n']}; {path})\n{t.round(3).to_string()}")
     return 0
 
 

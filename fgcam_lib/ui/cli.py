@@ -1,7 +1,8 @@
 """The ``fgcam`` command line: explain image files, or run the evaluation.
 
     fgcam explain cat.jpg photos/ "more/*.png" --method fg_grad_cam --out explanations   # the real ImageNet network
-    fgcam explain scene.png --model bundled --method fg_grad_cam --layer 13                # a benchmark scene
+    fgcam scenes --split test --n 4 --out scenes          # benchmark scenes as tagged PNG files
+    fgcam explain scenes/ --layer 13                      # benchmark scenes: the bundled model
     fgcam evaluate --model bundled --data benchmark:test --num-images 8   # the evaluation runner
     fgcam --help
 
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["main", "build_parser", "explain_files", "expand_images"]
+__all__ = ["main", "build_parser", "explain_files", "expand_images", "write_scenes"]
 
 GLOB_CHARS = set("*?[")
 
@@ -42,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="FG-CAM workbench: fine-grained CAM explanations and LRP for CNNs.",
         epilog="`fgcam explain --help` and `fgcam evaluate --help` describe each command.",
     )
-    sub = p.add_subparsers(dest="command", metavar="{explain,evaluate}")
+    sub = p.add_subparsers(dest="command", metavar="{explain,scenes,evaluate}")
     ex = sub.add_parser(
         "explain", help="explain image files: an overlay PNG and the raw map (.npy) per image, top-5 classes",
         description="Explain image files with one method at one layer. Writes <stem>_<method>_<layer>.png "
@@ -54,10 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ex.add_argument("images", nargs="+", metavar="IMAGE",
                     help="image files, folders (every image in them) or quoted globs such as 'photos/*.jpg'")
-    ex.add_argument("--model", default="efficientnet_lite0",
-                    help="'efficientnet_lite0' (default: a real ImageNet network, weights installed offline), "
-                         "'bundled' (the 8 benchmark shape classes: for benchmark scenes) or a torchvision "
-                         "classifier such as vgg16_bn, resnet50, densenet121 (needs its weights file)")
+    ex.add_argument("--model", default=None,
+                    help="'efficientnet_lite0' (a real ImageNet network, weights installed offline), "
+                         "'bundled' (the 8 benchmark shape classes) or a torchvision classifier such as "
+                         "vgg16_bn, resnet50, densenet121 (needs its weights file). Default: bundled when "
+                         "every image is a benchmark scene written by `fgcam scenes`, else efficientnet_lite0")
     ex.add_argument("--weights", default=None,
                     help="checkpoint file (default: data/ for bundled, the torch hub cache for torchvision)")
     ex.add_argument("--method", default="fg_grad_cam", choices=method_names(), metavar="METHOD",
@@ -75,6 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", default="explanations", help="output folder, created if missing (default: explanations)")
     ex.add_argument("--top", type=int, default=5, help="how many top classes to print (default: 5)")
     ex.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    sc = sub.add_parser("scenes", help="write benchmark scenes as PNG files (tagged, so explain uses the bundled model)",
+                        description="Write scenes of the synthetic benchmark as PNG files <split>_<index>_<class>.png.")
+    sc.add_argument("--split", default="test", help="benchmark split: test, loc, pairs, ... (default: test)")
+    sc.add_argument("--n", type=int, default=8, help="how many scenes, from index 0 (default: 8)")
+    sc.add_argument("--seed", type=int, default=0, help="scene seed (default: 0, the bundled models' test scenes)")
+    sc.add_argument("--size", type=int, default=96, help="side in pixels (default: 96, the bundled models' input)")
+    sc.add_argument("--out", default="scenes", help="output folder (default: scenes)")
     sub.add_parser("evaluate", add_help=False,
                    help="faithfulness and localization metrics over a data set (the evaluation runner; "
                         "`fgcam evaluate --help` lists its options)")
@@ -241,6 +250,13 @@ def explain_files(args: argparse.Namespace) -> int:
     if not files:
         _error("no images to explain")
         return 2
+    if args.model is None:
+        from ..data.scenes import is_scene_file
+
+        args.model = "bundled" if all(is_scene_file(f) for f in files) else "efficientnet_lite0"
+        print(f"model: {args.model} " + ("(every image is a benchmark scene)" if args.model == "bundled" else
+                                         "(a real ImageNet network; --model bundled for the benchmark's classes)"),
+              file=sys.stderr)
     try:
         job = _build(args)
     except (WeightsNotFoundError, FileNotFoundError, ValueError, TypeError) as err:
@@ -273,9 +289,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    if args.command == "scenes":
+        return write_scenes(args)
     if args.top < 1:
         parser.error("--top must be at least 1")
     return explain_files(args)
+
+
+def write_scenes(args: argparse.Namespace) -> int:
+    """``fgcam scenes``: benchmark scenes as tagged PNG files; the exit status."""
+    from ..data.scenes import SyntheticScenes
+
+    try:
+        paths = SyntheticScenes(args.split, args.n, seed=args.seed, size=args.size).save(args.out)
+    except (ValueError, OSError) as err:
+        _error(err)
+        return 2
+    print(f"wrote {len(paths)} scene(s) to {Path(args.out)}{os.sep}")
+    return 0
 
 
 if __name__ == "__main__":
