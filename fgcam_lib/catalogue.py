@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 __all__ = [
-    "METHOD_LABELS", "method_label",
+    "METHOD_LABELS", "OTHER_LABELS", "method_label",
     "MetricSpec", "METRICS", "METRIC_GROUPS", "METRIC_LABELS", "HIGHER_IS_BETTER", "PERCENT_METRICS",
     "metric_spec", "metric_label", "metric_axis_label", "metric_digits", "group_of",
     "PAPER_LAYERS", "is_input_layer", "layer_key", "layer_label",
@@ -27,20 +27,28 @@ __all__ = [
 ]
 
 # ------------------------------------------------------------------------------ methods
-#: method key -> display label (the paper's), in the order the paper introduces them
+#: registered method (:data:`fgcam_lib.methods.METHODS`) -> display label (the paper's), in the
+#: order the paper introduces them; the one home of these labels: the registry, the explainer
+#: classes and the figures read them from here
 METHOD_LABELS: dict[str, str] = {
     "grad_cam": "Grad-CAM", "score_cam": "Score-CAM", "layer_cam": "Layer-CAM",
     "grad_cam_pp": "Grad-CAM++", "xgrad_cam": "XGrad-CAM",
-    "fg_cam": "FG-CAM", "fg_grad_cam": "FG-Grad-CAM", "fg_grad_cam_denoise": "FG-Grad-CAM (denoising)",
+    "fg_grad_cam": "FG-Grad-CAM", "fg_grad_cam_denoise": "FG-Grad-CAM (denoising)",
     "fg_score_cam": "FG-Score-CAM", "fg_score_cam_denoise": "FG-Score-CAM (denoising)",
     "fg_grad_cam_pp": "FG-Grad-CAM++", "fg_xgrad_cam": "FG-XGrad-CAM",
     "lrp": "LRP", "clrp": "CLRP", "sglrp": "SGLRP",
 }
+#: labels of the keys that name no registered method: FG-CAM on any base (the explorer's
+#: ``"fg_cam"``) and the CAM bases FG-CAM takes by name that are no method of their own
+#: (:data:`fgcam_lib.methods.bases.CAM_BASES`)
+OTHER_LABELS: dict[str, str] = {
+    "fg_cam": "FG-CAM", "hires_cam": "HiResCAM", "finer_cam": "Finer-CAM",
+}
 
 
 def method_label(name: str) -> str:
-    """Display label of a method key: ``"fg_grad_cam"`` -> ``"FG-Grad-CAM"``; unknown keys unchanged."""
-    return METHOD_LABELS.get(name, name)
+    """Display label of a method or base key: ``"fg_grad_cam"`` -> ``"FG-Grad-CAM"``; unknown keys unchanged."""
+    return METHOD_LABELS.get(name) or OTHER_LABELS.get(name, name)
 
 
 # ------------------------------------------------------------------------------ metrics

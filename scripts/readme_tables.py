@@ -15,7 +15,8 @@ import pandas as pd
 
 from fgcam_lib.catalogue import METHOD_LABELS
 from fgcam_lib.evaluation.published import to_paper_layers
-from fgcam_lib.evaluation.runner import format_table, read_results, summarize
+from fgcam_lib.evaluation.store import read_results
+from fgcam_lib.evaluation.tables import format_table, summarize
 from fgcam_lib.evaluation.ties import tie_spread
 from fgcam_lib.methods.registry import PAPER_CAM_METHODS, PAPER_INPUT_METHODS
 

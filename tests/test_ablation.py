@@ -14,11 +14,15 @@ from torch import nn
 from conftest import TinyVGG, randomize_bn
 from fgcam_lib import FGCAM, Epsilon, GradCAM, LayerCAM, ScoreCAM, canonical, denoise
 from fgcam_lib.evaluation import metrics as M
+from fgcam_lib.catalogue import METRIC_GROUPS, layer_key
 from fgcam_lib.evaluation.ablation import (
-    METRICS, MapSet, SceneBatch, bootstrap_ci, denoise_to_rank, explainer_maps, fgcam_maps, inference_copy,
-    layer_key, load_scenes, max_rank, paired_difference, rank_fraction, rank_grid, relevance_sums, score_maps,
-    spread, summarize, sweep,
+    MapSet, denoise_to_rank, explainer_maps, fgcam_maps, inference_copy, max_rank, paired_difference,
+    rank_fraction, rank_grid, relevance_sums, spread, sweep,
 )
+from fgcam_lib.evaluation.batch import Batch, load_batch
+from fgcam_lib.evaluation.scoring import score_maps
+from fgcam_lib.evaluation.stats import bootstrap_ci
+from fgcam_lib.evaluation.tables import format_summary, summarize
 from fgcam_lib.methods.fgcam import denoise_rank
 from fgcam_lib.data.models import Preprocess
 from fgcam_lib.data.scenes import SyntheticScenes
@@ -41,8 +45,8 @@ def x() -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def batch() -> SceneBatch:
-    return load_scenes(SyntheticScenes("test", 4, seed=1, size=48), Preprocess(SIZE))
+def batch() -> Batch:
+    return load_batch(SyntheticScenes("test", 4, seed=1, size=48), Preprocess(SIZE))
 
 
 # ------------------------------------------------------------------------ fast copy
@@ -131,7 +135,7 @@ def test_explainer_maps_keys_and_values(model, x):
 
 
 # ---------------------------------------------------------------------------- scenes
-def test_load_scenes_and_region(batch):
+def test_load_batch_and_region(batch):
     assert batch.x.shape == (4, 3, SIZE, SIZE) and batch.images.shape == (4, 3, SIZE, SIZE)
     assert float(batch.images.min()) >= 0 and float(batch.images.max()) <= 1
     assert len(batch) == 4 and batch.indices == [0, 1, 2, 3]
@@ -146,10 +150,6 @@ def test_load_scenes_and_region(batch):
 
 
 def test_region_falls_back_from_target_to_label_to_all_objects():
-    from fgcam_lib.evaluation.batch import Batch
-    from fgcam_lib.evaluation.runner import Batch as RunnerBatch
-
-    assert SceneBatch is Batch is RunnerBatch  # one batch type for the runner and the sweeps
     boxes = torch.tensor([[0.0, 0, 2, 2], [2.0, 2, 4, 4]])
     masks = torch.zeros(2, 4, 4, dtype=torch.bool)
     masks[0, :2, :2], masks[1, 2:, 2:] = True, True
@@ -171,7 +171,7 @@ def test_sweep_rows_match_direct_metrics_and_dedupe(model, batch):
     twin = FGCAM(model, rules=canonical())  # BN scales are positive: the same maps at layer 13
     src = explainer_maps({"paper": fg, "canonical": twin}, [13])
     df = sweep(model, batch, src, insdel_steps=8, chunk=3, data="t")
-    n_metrics = sum(len(METRICS[g]) for g in ("adai", "insdel", "proportion"))  # the sweep's default options
+    n_metrics = sum(len(METRIC_GROUPS[g]) for g in ("adai", "insdel", "proportion"))  # the sweep's default options
     assert len(df) == len(batch) * 2 * n_metrics
     assert list(df.columns[:5]) == ["data", "image_id", "index", "label", "target"]
     assert {"method", "layer", "metric", "value"} <= set(df.columns)
@@ -256,11 +256,20 @@ def test_paired_difference_and_spread():
 
 
 # --------------------------------------------------------------------------- display
+def test_evaluation_imports_no_ui():
+    """Imports point down: the sweeps, the runner and the sanity checks load nothing of fgcam_lib.ui."""
+    import subprocess
+    import sys
+
+    code = ("import sys, fgcam_lib.evaluation.ablation, fgcam_lib.evaluation.runner, fgcam_lib.evaluation.sanity; "
+            "assert not [m for m in sys.modules if m.startswith('fgcam_lib.ui')]")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_format_summary_forest_plot_and_example_grid(tmp_path):
     import matplotlib
 
     matplotlib.use("agg")
-    from fgcam_lib.evaluation.ablation import format_summary
     from fgcam_lib.ui.plots import example_grid, forest_plot
 
     df = pd.concat([_rows({("a", "13"): [1.0, 2.0, 3.0], ("b", "13"): [2.0, 2.0, 2.0]}, "overall"),
@@ -269,9 +278,6 @@ def test_format_summary_forest_plot_and_example_grid(tmp_path):
     t = format_summary(s, rows=["method", "layer"], metrics=["average_drop", "overall"])
     assert list(t.columns) == ["A.D.", "Over-all"]
     assert t.loc[("b", "13"), "Over-all"] == "2.0000 ± 0.0000" and t.loc[("a", "13"), "A.D."].startswith("20.00 ± ")
-    from fgcam_lib.evaluation import ablation
-
-    assert ablation.forest_plot is forest_plot and ablation.example_grid is example_grid  # the old names still work
     fig = forest_plot(s.xs("13", level="layer"), ["average_drop", "overall"], hue=None, title="t")
     assert len(fig.axes) == 2 and "lower is better" in fig.axes[0].get_title()
     images = torch.rand(2, 3, 16, 16)

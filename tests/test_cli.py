@@ -1,4 +1,4 @@
-"""The ``fgcam`` command line, run in-process through :func:`fgcam_lib.ui.cli.main`, offline.
+"""The ``fgcam`` command line, run in-process through :func:`fgcam_lib.cli.main`, offline.
 
 ``explain`` on scikit-image's cat photo and the bundled model: files written, PNG readable,
 ``.npy`` at the layer's resolution (or the image's with ``--upsample``), top-5 printed, a
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fgcam_lib.ui import cli
+from fgcam_lib import cli
 
 matplotlib.use("agg")
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -158,13 +158,13 @@ def test_evaluate_dispatches_to_the_runner(monkeypatch):
     from fgcam_lib.evaluation import cli as evaluation_cli
 
     seen = []
-    monkeypatch.setattr(evaluation_cli, "main", lambda argv=None: seen.append(list(argv)) or 0)
+    monkeypatch.setattr(evaluation_cli, "main", lambda argv=None, prog="": seen.append((list(argv), prog)) or 0)
     assert cli.main(["evaluate", "--model", "bundled", "--n", "8"]) == 0
-    assert seen == [["--model", "bundled", "--n", "8"]]
+    assert seen == [(["--model", "bundled", "--n", "8"], "fgcam evaluate")]
 
 
 def test_console_script_is_declared():
     import tomllib
 
     meta = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
-    assert meta["project"]["scripts"]["fgcam"] == "fgcam_lib.ui.cli:main"
+    assert meta["project"]["scripts"]["fgcam"] == "fgcam_lib.cli:main"

@@ -12,10 +12,11 @@ import torch
 
 from fgcam_lib.evaluation import metrics as M
 from fgcam_lib.evaluation.cli import main
-from fgcam_lib.evaluation.runner import (
-    COLUMNS, METRIC_GROUPS, CleanLogitsCache, format_table, read_results, run_evaluation, summarize,
-    throughput_table,
-)
+from fgcam_lib.catalogue import METRIC_GROUPS
+from fgcam_lib.evaluation.runner import run_evaluation
+from fgcam_lib.evaluation.scoring import CleanLogitsCache
+from fgcam_lib.evaluation.store import COLUMNS, read_results
+from fgcam_lib.evaluation.tables import format_table, summarize, throughput_table
 from fgcam_lib.methods import (
     METHODS, PAPER_CAM_METHODS, PAPER_INPUT_METHODS, is_signed, label, make_explainer, method_layers, supports,
 )

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from fgcam_lib.evaluation.cli import DEFAULT_METRICS, build_parser, main
-from fgcam_lib.evaluation.runner import read_results
+from fgcam_lib.evaluation.store import read_results
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -17,7 +17,7 @@ from fgcam_lib import FGCAM, ScoreCAM  # noqa: E402
 from fgcam_lib.catalogue import method_label  # noqa: E402
 from fgcam_lib.data.models import BundledVGG, Preprocess  # noqa: E402
 from fgcam_lib.data.scenes import CLASSES, SyntheticScenes  # noqa: E402
-from fgcam_lib.ui import explorer as explorer_module  # noqa: E402
+from fgcam_lib.ui import session as session_module  # noqa: E402
 from fgcam_lib.ui.explorer import Explorer  # noqa: E402
 from fgcam_lib.ui.settings import METHODS, PREDICTED  # noqa: E402
 
@@ -45,7 +45,7 @@ def app(parts):
 
 
 def test_core_imports_without_ipywidgets():
-    code = ("import sys, fgcam_lib.ui.explorer, fgcam_lib.ui.settings; "
+    code = ("import sys, fgcam_lib.ui.explorer, fgcam_lib.ui.settings, fgcam_lib.ui.session, fgcam_lib.ui.state; "
             "assert 'ipywidgets' not in sys.modules, 'ipywidgets loaded'")
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -56,8 +56,8 @@ def test_labels_come_from_the_catalogue():
 
 def test_explainers_come_from_the_registry(app, monkeypatch):
     made = []
-    real = explorer_module.make_explainer
-    monkeypatch.setattr(explorer_module, "make_explainer", lambda name, *a, **kw: made.append((name, kw)) or real(name, *a, **kw))
+    real = session_module.make_explainer
+    monkeypatch.setattr(session_module, "make_explainer", lambda name, *a, **kw: made.append((name, kw)) or real(name, *a, **kw))
     fg = app.explainer("fg_cam", "score_cam", "canonical")
     sc = app.explainer("score_cam")
     assert made == [("fg_score_cam", {"rules": "canonical", "denoise": None}), ("score_cam", {})]
@@ -259,7 +259,7 @@ def test_one_model_has_a_disabled_model_menu(app):
 def test_model_dropdown_in_the_widgets(menu, monkeypatch):
     pytest.importorskip("ipywidgets")
     from fgcam_lib.ui import widgets
-    from fgcam_lib.ui.explorer import ExplorerFigure
+    from fgcam_lib.ui.render import ExplorerFigure
 
     core, loads = menu
     app = widgets.Explorer.from_models(core._sources, "bundled", images=core.images, display_dpi=30)

@@ -1158,7 +1158,7 @@ def test_untraceable_module_is_named_and_can_be_marked_a_leaf(monkeypatch):
     with pytest.raises(TypeError, match=r"in module 'branchy' \(Branchy\): trace it as one node with "
                                         r"fgcam_lib.engine.register_leaf"):
         FGCAM(NetWithBranchy())
-    monkeypatch.setattr("fgcam_lib.engine.graph.LEAVES", dict(LEAVES))
+    monkeypatch.setattr("fgcam_lib.engine.tracing.LEAVES", dict(LEAVES))
     register_leaf(Branchy)
     net = NetWithBranchy().eval()
     x = torch.rand(2, 3, 8, 8)

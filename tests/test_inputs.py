@@ -1,6 +1,6 @@
 """Inputs a user may pass: each one is supported or stopped by a one-line error saying what to do.
 
-Image inputs go through :func:`fgcam_lib.data.images.to_batch` (and the model's preprocess);
+Image inputs go through :func:`fgcam_lib.data.readers.to_batch` (and the model's preprocess);
 tensors go to the explainers, which cast dtypes, work under ``no_grad`` / ``inference_mode``,
 and refuse empty batches, NaN/Inf, [0, 255] pixels and a non-bool ``signed``.
 """
@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from fgcam_lib import FGCAM, LRP, Epsilon, GradCAM, ZPlus, paper
-from fgcam_lib.data.images import to_batch
+from fgcam_lib.data.readers import to_batch
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -108,7 +108,7 @@ def test_preprocess_inputs(tmp_path: Path) -> None:
 
 
 def test_training_script_tiny_epoch(tmp_path: Path) -> None:
-    from fgcam_lib.data.train import main
+    from fgcam_lib.training.train import main
 
     out = tmp_path / "tiny.pt"
     main(["--tiny", "--out", str(out), "--threads", "1"])
@@ -122,7 +122,7 @@ def test_training_script_tiny_epoch(tmp_path: Path) -> None:
 
 
 def test_pairs_metric() -> None:
-    from fgcam_lib.data.train import pairs_top2, soft_targets
+    from fgcam_lib.training.train import pairs_top2, soft_targets
 
     logits = torch.tensor([[5.0, 4.0, 0.0], [5.0, 0.0, 4.0]])
     classes = torch.tensor([[1, 0], [0, 1]])
@@ -231,7 +231,7 @@ def test_new_bundled_models_missing_weights_one_line_error(name: str, tmp_path: 
         with pytest.raises(WeightsNotFoundError) as info:
             load_model(name, weights=weights)
         msg = str(info.value)
-        assert "\n" not in msg and f"python -m fgcam_lib.data.train --recipe {name}" in msg
+        assert "\n" not in msg and f"python -m fgcam_lib.training --recipe {name}" in msg
 
 
 def test_bundled_names_are_model_names() -> None:
@@ -241,7 +241,7 @@ def test_bundled_names_are_model_names() -> None:
 
 @pytest.mark.parametrize("arch", ["bundled_resnet", "bundled_vgg16bn_fc"])
 def test_tiny_trained_new_arch_loads_by_its_card(arch: str, tmp_path: Path) -> None:
-    from fgcam_lib.data.train import main
+    from fgcam_lib.training.train import main
 
     out = tmp_path / "m.pt"
     card = main(["--tiny", "--arch", arch, "--out", str(out), "--threads", "1", "--log-steps", "0"])

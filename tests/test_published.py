@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import fgcam_lib.evaluation.published as P
-from fgcam_lib.evaluation.store import model_fingerprint, results_path, stored_prefix
+from fgcam_lib.data.fingerprint import model_fingerprint
+from fgcam_lib.evaluation.store import results_path, stored_prefix
 from fgcam_lib.evaluation.store import COLUMNS, ResultStore
 from fgcam_lib.methods import PAPER_CAM_METHODS, PAPER_INPUT_METHODS
 
@@ -160,7 +161,7 @@ def test_stored_prefix_counts_complete_leading_images(tmp_path):
 
 
 def test_tables_cover_the_registry_order():
-    from fgcam_lib.evaluation.runner import TABLES
+    from fgcam_lib.evaluation.tables import TABLES
 
     assert P.TABLES[1][0] == PAPER_CAM_METHODS and P.TABLES[4][0] == PAPER_INPUT_METHODS
     assert P.TABLES == TABLES  # the same layouts as evaluate.summarize(table=k)

@@ -55,6 +55,25 @@ def test_metric_precision_wrapper(bundled):
         at_precision(model, "fp8")
 
 
+def test_channels_last_metrics_give_the_same_rows(bundled):
+    """The metrics' forward passes on a channels-last copy: same rows, the model itself untouched."""
+    from fgcam_lib.evaluation.runner import run_evaluation
+    from fgcam_lib.evaluation.scoring import ChannelsLast
+
+    model, pre, _ = bundled
+    fast = at_precision(model, "fp32", channels_last=True)
+    assert isinstance(fast, ChannelsLast) and fast.model is not model
+    assert next(model.parameters()).is_contiguous()   # the explainers' model stays as it was
+    scenes = SyntheticScenes("test", 2, size=96, seed=int(model.card.get("scene_seed", 0)))
+    kw = dict(methods=["grad_cam", "fg_grad_cam"], layers=[13, "input"], metrics=["adai", "insdel"], progress=False,
+              metric_kwargs={"insdel": {"step": 256}})
+    ref = run_evaluation(model, pre, scenes, **kw)
+    got = run_evaluation(model, pre, scenes, metric_channels_last=True, **kw)
+    assert len(ref) == len(got) > 0
+    torch.testing.assert_close(torch.tensor(got["value"].to_numpy()), torch.tensor(ref["value"].to_numpy()),
+                               rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("name", ["bundled", "bundled_resnet"])
 def test_channels_last_models_give_the_same_maps(name):
     model, pre = load_model(name)

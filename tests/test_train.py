@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from fgcam_lib.data.train import (RECIPES, TINY, OneCycle, TrainConfig, TrainingStopped, checkpoint_path,
-                                  load_checkpoint, main, parse_config, train)
+from fgcam_lib.training.checkpoint import TrainingStopped, checkpoint_path, load_checkpoint
+from fgcam_lib.training.recipes import RECIPES, TINY, TrainConfig, parse_config
+from fgcam_lib.training.train import OneCycle, main, train
 
 ARCHS = ("bundled", "bundled_vgg16bn_fc", "bundled_resnet")
 
@@ -94,7 +95,7 @@ def test_command_line_run_writes_card_and_state(tmp_path: Path) -> None:
     card = main(["--tiny", "--arch", "bundled_vgg16bn_fc", "--out", str(out), "--threads", "1", "--log-steps", "0"])
     on_disk = json.loads(out.with_suffix(".json").read_text())
     assert on_disk["fingerprint"] == card["fingerprint"] and on_disk["arch"] == "bundled_vgg16bn_fc"
-    assert on_disk["command"].startswith("python -m fgcam_lib.data.train --tiny")
+    assert on_disk["command"].startswith("python -m fgcam_lib.training --tiny")
     assert Path(str(out) + ".ckpt").is_file()
     assert on_disk["train_config"]["hidden"] == TINY["hidden"]
 
@@ -118,7 +119,7 @@ def test_killed_process_resumes_to_the_same_weights(tmp_path: Path) -> None:
     ref = train(_tiny(tmp_path, "ref", epochs=3))
     cut = _tiny(tmp_path, "killed", epochs=3, ckpt_steps=1)
     args = ["--tiny", "--epochs", "3", "--ckpt-steps", "1", "--threads", "1", "--log-steps", "0", "--out", str(cut.out)]
-    proc = subprocess.Popen([sys.executable, "-m", "fgcam_lib.data.train", *args], stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen([sys.executable, "-m", "fgcam_lib.training", *args], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
     while not checkpoint_path(cut).is_file() and proc.poll() is None and time.time() < deadline:
@@ -130,16 +131,21 @@ def test_killed_process_resumes_to_the_same_weights(tmp_path: Path) -> None:
     assert resumed["resumes"] == 1
 
 
-def test_split_modules_are_re_exported_by_train() -> None:
-    # the script was split into recipes / checkpoint / train; old imports must keep working
-    from fgcam_lib.data import checkpoint, recipes
-    from fgcam_lib.data import train as T
+def test_training_modules_list_what_they_define() -> None:
+    # one home per name: the loop, the config and the checkpoint each list only their own names
+    from fgcam_lib.training import checkpoint, recipes, train as T
 
-    for mod in (recipes, checkpoint):
+    for mod in (T, recipes, checkpoint):
         for name in mod.__all__:
-            assert getattr(T, name) is getattr(mod, name), name
-    assert all(hasattr(T, name) for name in T.__all__)
-    assert T._resumed_config is checkpoint.resumed_config and T._coerce is recipes._coerce
+            assert getattr(getattr(mod, name), "__module__", mod.__name__) == mod.__name__, (mod, name)
+    assert not hasattr(T, "_resumed_config") and not hasattr(T, "_coerce")
+
+
+def test_training_is_its_own_package() -> None:
+    import importlib.util
+
+    for old in ("fgcam_lib.data.train", "fgcam_lib.data.recipes", "fgcam_lib.data.checkpoint"):
+        assert importlib.util.find_spec(old) is None, old
 
 
 def test_checkpoint_keys_stay(tmp_path: Path) -> None:

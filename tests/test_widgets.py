@@ -16,8 +16,9 @@ from matplotlib.figure import Figure  # noqa: E402
 from fgcam_lib import FGCAM, LRP, GradCAM  # noqa: E402
 from fgcam_lib.data.models import BundledVGG, Preprocess  # noqa: E402
 from fgcam_lib.data.scenes import CLASSES, SyntheticScenes  # noqa: E402
-from fgcam_lib.ui.widgets import (PREDICTED, Explorer, ExplorerFigure, fraction_choices, parse_method,  # noqa: E402
-                                   pool_layers)
+from fgcam_lib.ui.render import ExplorerFigure  # noqa: E402
+from fgcam_lib.ui.settings import PREDICTED, fraction_choices, parse_method, pool_layers  # noqa: E402
+from fgcam_lib.ui.widgets import Explorer  # noqa: E402
 
 SIZE = 64  # the bundled layout at 64 px: a 2 x 2 map at layer 43
 

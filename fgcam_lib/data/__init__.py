@@ -1,16 +1,19 @@
-"""Data: images and ImageNet val (:mod:`.images`), the synthetic benchmark (:mod:`.scenes`),
-model loading (:mod:`.models`) and training the bundled model (:mod:`.train`).
+"""Data: images (readers :mod:`.readers`, folders and batching :mod:`.images`, the bundled photos
+:mod:`.photos`, ImageNet val :mod:`.imagenet`), the synthetic benchmark (:mod:`.scenes`) and
+models (loading :mod:`.models`, fingerprints :mod:`.fingerprint`). Training the bundled models
+is :mod:`fgcam_lib.training`.
 
     >>> from fgcam_lib.data import sample_photos, collate
     >>> x, names, classes = sample_photos(224)
 
-``import fgcam_lib.data`` stays light: scenes, models and training load when first used.
+``import fgcam_lib.data`` stays light: scenes and models load when first used.
 """
 from typing import Any
 
-from .images import (DEFAULT_SAMPLE_PHOTOS, IMAGENET_ENV_VARS, SAMPLE_PHOTOS, ImageFolderDataset, ImageNetVal,
-                     SamplePhoto, collate, image_extensions, load_image, load_images, read_synset_mapping,
-                     sample_photos)
+from .imagenet import IMAGENET_ENV_VARS, ImageNetVal, read_synset_mapping
+from .images import ImageFolderDataset, collate
+from .photos import DEFAULT_SAMPLE_PHOTOS, SAMPLE_PHOTOS, SamplePhoto, sample_photos
+from .readers import image_extensions, load_image, load_images
 
 __all__ = [
     "IMAGENET_ENV_VARS", "SAMPLE_PHOTOS", "DEFAULT_SAMPLE_PHOTOS", "ImageFolderDataset", "ImageNetVal",

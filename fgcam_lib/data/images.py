@@ -1,29 +1,21 @@
-"""Images and data sets: files, folders, bundled photos, ImageNet val with boxes.
+"""Image folders and batching: a folder of images as a data set, and the ``DataLoader`` collate
+function for every data set of :mod:`fgcam_lib.data`.
 
-Every image leaves this module as a float32 tensor in [0, 1], channels first
+Every image leaves :mod:`fgcam_lib.data` as a float32 tensor in [0, 1], channels first
 (``3 x H x W``, or ``B x 3 x H x W`` for a batch), *not* normalised: models apply
-their own mean/std (see ``fgcam_lib.data.models``).
+their own mean/std (see ``fgcam_lib.data.models``). Reading files, PIL images and arrays
+is :mod:`.readers`, the bundled photos :mod:`.photos`, ImageNet val with boxes :mod:`.imagenet`.
 
-Public API
-----------
-- :func:`load_image`, :func:`load_images`: files or PIL images -> tensors;
-  :func:`to_batch`: paths, PIL images, arrays (grey, RGB, RGBA; H x W x C or C x H x W),
-  tensors, or lists of them -> one ``B x 3 x H x W`` batch (:mod:`.readers`).
-- :func:`sample_photos`: real photos bundled with scikit-image (offline), with their
-  closest ImageNet-1k class; :data:`SAMPLE_PHOTOS` lists them (:mod:`.photos`).
-- :class:`ImageNetVal`: ILSVRC2012 val images + boxes (PASCAL VOC XML folder or the
-  Kaggle ``LOC_val_solution.csv``) + synset mapping; ``from_env()`` reads env vars
-  (:mod:`.imagenet`).
 - :class:`ImageFolderDataset`: any folder of images, no labels.
-- :func:`collate`: a ``DataLoader`` collate function for all of the above and for
-  ``SyntheticScenes`` (:mod:`fgcam_lib.data.scenes`).
+- :func:`collate`: a ``DataLoader`` collate function for the folders, ``ImageNetVal``,
+  ``PhotoSet`` and ``SyntheticScenes`` (:mod:`fgcam_lib.data.scenes`).
 
 Example::
 
-    >>> from fgcam_lib.data import sample_photos, collate
-    >>> x, names, classes = sample_photos(224)
-    >>> x.shape, names[0], classes[0]
-    (torch.Size([5, 3, 224, 224]), 'cat', 281)
+    >>> ds = ImageFolderDataset("my_photos/", size=224)
+    >>> batch = collate([ds[0], ds[1]])
+    >>> batch["image"].shape
+    torch.Size([2, 3, 224, 224])
 """
 
 from __future__ import annotations
@@ -37,32 +29,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .imagenet import IMAGENET_ENV_VARS, ImageNetVal, read_synset_mapping
-from .photos import DEFAULT_SAMPLE_PHOTOS, SAMPLE_PHOTOS, SamplePhoto, sample_photos
-from .readers import (ImageSource, PathLike, Size, as_hw, center_square, open_pil, pil_to_rgb_array, resize_image,
-                      image_extensions, load_image, load_images, to_batch)
+from .readers import PathLike, Size, as_hw, image_extensions, load_image
 
-__all__ = [
-    "IMAGENET_ENV_VARS",
-    "SAMPLE_PHOTOS",
-    "DEFAULT_SAMPLE_PHOTOS",
-    "VARIABLE_KEYS",
-    "ImageFolderDataset",
-    "ImageNetVal",
-    "SamplePhoto",
-    "collate",
-    "image_extensions",
-    "load_image",
-    "load_images",
-    "read_synset_mapping",
-    "sample_photos",
-    "to_batch",
-]
-
-# the readers' helpers stay importable from here, where they used to live (under their old names too)
-_REEXPORTED = (ImageSource, PathLike, Size)
-_as_hw, _center_square, _open_pil, _pil_to_rgb_array, _resize = (
-    as_hw, center_square, open_pil, pil_to_rgb_array, resize_image)
+__all__ = ["VARIABLE_KEYS", "ImageFolderDataset", "collate"]
 
 
 # --------------------------------------------------------------------------- plain folders

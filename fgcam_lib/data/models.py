@@ -1,6 +1,6 @@
 """Model loading: torchvision CNNs with their official weights, and the bundled benchmark models.
 
-Three bundled architectures, trained on the synthetic scenes by ``python -m fgcam_lib.data.train``:
+Three bundled architectures, trained on the synthetic scenes by ``python -m fgcam_lib.training``:
 ``"bundled"`` (:class:`BundledVGG`: VGG16-BN features, global pool, one linear layer),
 ``"bundled_vgg16bn_fc"`` (:class:`BundledVGGFC`: the same features with torchvision VGG's
 three-layer classifier) and ``"bundled_resnet"`` (:class:`BundledResNet`: torchvision's
@@ -252,7 +252,7 @@ class Preprocess:
 
     def to_tensor(self, x: Any) -> torch.Tensor:
         """Input of any accepted kind -> B x 3 x H x W float in [0, 1] (a list is resized to ``size``)."""
-        from .images import to_batch  # one reader: paths, PIL, grey/RGB/RGBA arrays, CHW/HWC, lists
+        from .readers import to_batch  # one reader: paths, PIL, grey/RGB/RGBA arrays, CHW/HWC, lists
 
         return to_batch(x, size=self.size if isinstance(x, (list, tuple)) else None)
 
@@ -335,9 +335,9 @@ def _arch_from_card(card: dict[str, Any], default: str) -> tuple[str, dict[str, 
 
 def _missing_bundled(name: str, ckpt_path: Path) -> WeightsNotFoundError:
     if name == "bundled":
-        how = f"`python -m fgcam_lib.data.train --out {ckpt_path}`"
+        how = f"`python -m fgcam_lib.training --out {ckpt_path}`"
     else:
-        how = f"`python -m fgcam_lib.data.train --recipe {name}`"
+        how = f"`python -m fgcam_lib.training --recipe {name}`"
     return WeightsNotFoundError(f"weights of {name!r} not found at {ckpt_path}; train them with {how} "
                                 f"(see TRAINING.md), or use weights='random'.")
 

@@ -2,8 +2,7 @@
 
 Every image leaves this module as a float32 tensor in [0, 1], channels first
 (``3 x H x W``, or ``B x 3 x H x W`` for a batch), *not* normalised: models apply
-their own mean/std (see ``fgcam_lib.data.models``). :mod:`fgcam_lib.data.images`
-re-exports all of it.
+their own mean/std (see ``fgcam_lib.data.models``).
 
     >>> x = load_image("cat.jpg", size=224)                 # 3 x 224 x 224
     >>> batch = to_batch(["cat.jpg", grey_array], size=96)  # 2 x 3 x 96 x 96

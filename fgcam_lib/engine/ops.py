@@ -1,13 +1,12 @@
-"""Ops of a traced model: what kind each is (the key a preset maps to a rule) and how it runs.
+"""Ops of a traced model: how each node runs, always out of place.
 
 A node runs a :class:`ModuleOp` (a module call; in-place activations run out of place), a
 :class:`CallOp` (a function or method call whose tensor arguments are the node's inputs) or
-a :class:`ConstOp` (a parameter read as a tensor). :func:`kind_of` and the tables below
-give the op kinds of :data:`fgcam_lib.engine.presets.KINDS`.
+a :class:`ConstOp` (a parameter read as a tensor). Which rule an op takes is decided by its
+kind: :data:`fgcam_lib.engine.kinds.KINDS`.
 """
 from __future__ import annotations
 
-import operator
 import weakref
 from typing import Any, Callable
 
@@ -15,110 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["kind_of", "is_vgg_style", "ModuleOp", "CallOp", "ConstOp", "function_kind", "method_kind", "channels_last_on_cpu",
-           "fill", "map_slots", "qualname"]
+__all__ = ["is_vgg_style", "ModuleOp", "CallOp", "ConstOp", "Slot", "channels_last_on_cpu", "fill", "map_slots",
+           "module_call", "method_call", "qualname"]
 
 Tensor = torch.Tensor
-
-
-# ----------------------------------------------------------------------------------
-# Op kinds: what a preset maps to a rule
-# ----------------------------------------------------------------------------------
-_MODULE_KINDS: list[tuple[str, tuple[type, ...]]] = [
-    ("conv", (nn.Conv1d, nn.Conv2d)),
-    ("linear", (nn.Linear,)),
-    ("maxpool", (nn.MaxPool1d, nn.MaxPool2d, nn.AdaptiveMaxPool2d)),
-    ("avgpool", (nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)),
-    ("bn", (nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm)),
-    ("relu", (nn.ReLU,)),
-    ("act", (nn.ReLU6, nn.Hardswish, nn.Hardsigmoid, nn.SiLU, nn.GELU, nn.LeakyReLU, nn.ELU, nn.Hardtanh,
-             nn.Mish, nn.Sigmoid, nn.Tanh, nn.PReLU, nn.Softmax, nn.SELU, nn.CELU, nn.Softplus)),
-    ("norm", (nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm, nn.InstanceNorm2d, nn.RMSNorm)),
-    ("pad", (nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d)),
-    ("upsample", (nn.Upsample,)),
-    ("reshape", (nn.Flatten, nn.Unflatten, nn.ChannelShuffle, nn.PixelShuffle, nn.PixelUnshuffle)),
-    ("other", (nn.Dropout, nn.Dropout2d, nn.AlphaDropout, nn.Identity)),
-]
-
-_ACTIVATION_FUNCTIONS = {F.relu6, F.hardswish, F.hardsigmoid, F.silu, F.gelu, F.leaky_relu, F.elu, F.hardtanh,
-                         F.mish, torch.sigmoid, torch.tanh, F.sigmoid, F.tanh, F.softmax, torch.softmax, F.selu,
-                         F.celu, F.softplus, operator.pow, torch.pow, torch.square, torch.exp}
-
-
-def _function_kinds() -> dict[Any, str]:
-    kinds: dict[Any, str] = {}
-    for fn in (operator.add, operator.iadd, torch.add, operator.sub, operator.isub, torch.sub):
-        kinds[fn] = "add"
-    for fn in (operator.mul, operator.imul, torch.mul, operator.truediv, operator.itruediv, torch.div,
-               torch.addcmul):
-        kinds[fn] = "mul"
-    for fn in (F.conv1d, F.conv2d):
-        kinds[fn] = "conv"
-    kinds[F.linear] = "linear"
-    kinds[F.batch_norm] = "bn"
-    kinds[F.pad] = "pad"
-    kinds[F.interpolate] = "upsample"
-    kinds[torch.sum] = "sum"
-    for fn in (operator.matmul, torch.matmul, torch.bmm):
-        kinds[fn] = "matmul"
-    for fn in (F.relu, torch.relu):
-        kinds[fn] = "relu"
-    for fn in _ACTIVATION_FUNCTIONS:
-        kinds[fn] = "act"
-    for fn in (F.adaptive_avg_pool2d, F.avg_pool2d, torch.mean):
-        kinds[fn] = "avgpool"
-    for fn in (F.max_pool2d, F.adaptive_max_pool2d):
-        kinds[fn] = "maxpool"
-    for fn in (torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze, torch.permute, torch.transpose,
-               operator.getitem, torch.channel_shuffle, F.pixel_shuffle, F.pixel_unshuffle, torch.roll,
-               torch.swapaxes, torch.movedim):
-        kinds[fn] = "reshape"
-    kinds[torch.cat] = "cat"
-    kinds[torch.concat] = "cat"
-    kinds[torch.stack] = "cat"
-    for fn in (torch.chunk, torch.split, torch.unbind):
-        kinds[fn] = "split"
-    for fn in (F.layer_norm, F.group_norm, F.instance_norm, F.rms_norm, F.local_response_norm):
-        kinds[fn] = "norm"
-    for fn in (F.dropout, F.dropout2d):
-        kinds[fn] = "other"
-    return kinds
-
-
-_FUNCTION_KINDS = _function_kinds()
-
-
-def function_kind(fn: Any) -> str | None:
-    """The op kind of a function such as ``torch.cat`` or ``operator.add``."""
-    kind = _FUNCTION_KINDS.get(fn)
-    # torchvision's stochastic depth (fx-wrapped), known by name so that importing the
-    # engine does not import torchvision
-    if kind is None and getattr(fn, "__name__", "") == "stochastic_depth" \
-            and str(getattr(fn, "__module__", "")).startswith("torchvision."):
-        return "other"
-    return kind
-
-
-def method_kind(name: str) -> str | None:
-    """The op kind of a tensor method such as ``"view"``."""
-    return _METHOD_KINDS.get(name)
-
-_METHOD_KINDS = {
-    "add": "add", "sub": "add", "mul": "mul", "div": "mul", "addcmul": "mul", "relu": "relu", "sigmoid": "act",
-    "tanh": "act", "softmax": "act", "pow": "act", "square": "act", "exp": "act",
-    "mean": "avgpool", "sum": "sum", "matmul": "matmul", "bmm": "matmul", "flatten": "reshape", "view": "reshape", "reshape": "reshape",
-    "squeeze": "reshape", "unsqueeze": "reshape", "permute": "reshape", "transpose": "reshape",
-    "contiguous": "reshape", "swapaxes": "reshape", "movedim": "reshape", "roll": "reshape", "expand": "reshape",
-    "chunk": "split", "split": "split", "unbind": "split",
-}
-
-
-def kind_of(module: nn.Module) -> str | None:
-    """The op kind of a module (``"conv"``, ``"bn"``, ...), or None when no preset knows it."""
-    for kind, types in _MODULE_KINDS:
-        if isinstance(module, types):
-            return kind
-    return None
 
 
 def is_vgg_style(model: nn.Module) -> bool:
@@ -252,12 +151,15 @@ class ConstOp:
 
 
 def module_call(op: ModuleOp, args: tuple, kwargs: dict) -> Callable:
+    """``op`` itself when the module reads the node's inputs in order, else a call that fills them in."""
     if not kwargs and all(isinstance(a, Slot) and a.i == k for k, a in enumerate(args)):
         return op
     return CallOp(op, args, kwargs, type(op.module).__name__)
 
 
 def method_call(name: str) -> Callable:
+    """A function calling tensor method ``name`` on its first argument."""
+
     def call(obj: Any, *args: Any, **kwargs: Any) -> Any:
         return getattr(obj, name)(*args, **kwargs)
 

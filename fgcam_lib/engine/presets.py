@@ -1,8 +1,9 @@
 """Presets: which rule each op gets, as a map from op kinds or layer names to rules.
 
-Keys are op kinds (see :data:`KINDS`), ``"input"`` for the weighted layers that read the
-image, or layer names (``"features.3"``, ``"layer1.0.add"``) for single nodes. Lookup
-order: node name, then ``"input"``, then the kind.
+Keys are op kinds (see :data:`~fgcam_lib.engine.kinds.KINDS`), ``"input"`` for the
+weighted layers that read the image, or layer names (``"features.3"``, ``"layer1.0.add"``)
+for single nodes. Lookup order: node name, then ``"input"``, then the kind. Named presets
+live in :data:`PRESETS`, the table :func:`get_preset` reads.
 
     >>> preset = paper()                                   # the authors' code
     >>> mixed = paper().with_rules(conv=Epsilon(0.25))     # an ablation's mix
@@ -12,41 +13,26 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
 import torch
 from torch import nn
 
-from .graph import INPUT, Graph
+from . import rules as _rules
+from .dag import INPUT, Graph
+from .kinds import KINDS, default_rules
 from .ops import CallOp, fill
-from .rules import Gate, HeldMatmul, Missing, Pass, PoolZ, Reduce, Route, Rule, Split, Sum, ZBeta, ZPlus, channel_bounds, image_bounds
+from .rules_base import Missing, Pass, Rule
+from .rules_input import ZBeta, channel_bounds, image_bounds
+from .rules_structural import HeldMatmul
+from .rules_weighted import PoolZ, ZPlus
 from .weighted import Weighted, bn_module_parts, bn_parts, fold_bn, functional_weighted, weighted_of
+
+__all__ = ["Preset", "paper", "canonical", "PresetBuilder", "PRESETS", "get_preset", "bind", "Bound", "constants",
+           "IMAGENET_MEAN", "IMAGENET_STD"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-#: op kind -> what it covers
-KINDS: dict[str, str] = {
-    "conv": "Conv1d/Conv2d (grouped and depthwise too), F.conv2d with a parameter or computed weight, "
-            "convs that pad themselves (TF 'same')",
-    "linear": "Linear, F.linear",
-    "maxpool": "max pools, module or functional",
-    "avgpool": "average pools (adaptive too), x.mean over space",
-    "bn": "BatchNorm, F.batch_norm, timm's BatchNormAct2d",
-    "relu": "ReLU, F.relu",
-    "act": "ReLU6, Hardswish, SiLU, GELU, LeakyReLU, ELU, sigmoids, x ** 2, softmax (a gate's)",
-    "norm": "LayerNorm (LayerNorm2d), GroupNorm, InstanceNorm, RMSNorm, functional forms",
-    "add": "a + b, a - b (residual connections)",
-    "mul": "x * s: squeeze-excitation gates, layer scale, constant factors, products of two signals",
-    "sum": "x.sum(dim), torch.sum: a sum over channels or branches",
-    "matmul": "x @ A with A an attention or gate computed from x (held constant), or a parameter",
-    "pad": "F.pad, ZeroPad2d, ConstantPad2d, ReflectionPad2d, ReplicationPad2d",
-    "upsample": "F.interpolate, nn.Upsample (nearest, bilinear)",
-    "cat": "torch.cat, torch.stack",
-    "split": "chunk, split, unbind",
-    "reshape": "flatten, view, reshape, permute, transpose, getitem, channel / pixel shuffles",
-    "other": "Dropout, Identity, StochasticDepth (identity in eval)",
-}
 
 
 @dataclass(frozen=True)
@@ -60,6 +46,7 @@ class Preset:
     notes: str = field(default="", compare=False)
 
     def with_rules(self, rules: Mapping[str, Rule] | None = None, **kw: Rule) -> "Preset":
+        """This preset with ``rules`` (and keyword rules) laid over its own."""
         merged = {**self.rules, **(rules or {}), **kw}
         return replace(self, name=f"{self.name}+custom", rules=merged)
 
@@ -97,10 +84,8 @@ def _rule_hint(value: Any) -> str:
     if isinstance(value, type):
         return f" (instantiate it: {value.__name__}())"
     if isinstance(value, str):
-        from . import rules as _rules
-
         key = value.replace("_", "").replace("-", "").replace("+", "plus").lower()
-        for name in dir(_rules):
+        for name in _rules.__all__:
             obj = getattr(_rules, name)
             if isinstance(obj, type) and issubclass(obj, Rule) and name.lower() == key:
                 return f" (rules are objects, not names: use {name}() from fgcam_lib)"
@@ -116,31 +101,13 @@ def _is_name(graph: Graph, key: str) -> bool:
         return False
 
 
-#: rules both presets share: activations, norms and dropout pass; the structural ops conserve
-_SHARED: dict[str, Rule] = {
-    "bn": Pass(), "relu": Pass(), "act": Pass(), "norm": Pass(), "other": Pass(),
-    "add": Sum(), "mul": Gate(), "cat": Route(), "split": Split(), "reshape": Route(),
-    "sum": Reduce(), "pad": Route(), "upsample": Route(),
-}
-
-
 def paper() -> Preset:
     """The authors' public code: z+ (no bias) in hidden layers, z-beta with each image's
     min/max as bounds at the input, BN and ReLU pass relevance through unchanged. Beyond
     VGG: other activations, LayerNorm and dropout pass, residual adds split by each
-    operand's share (:class:`~fgcam_lib.engine.rules.Sum`), gates are held constant."""
-    return Preset(
-        "paper",
-        {
-            "input": ZBeta(image_bounds),
-            "conv": ZPlus(),
-            "linear": ZPlus(),
-            "maxpool": PoolZ(),
-            "avgpool": PoolZ(),
-            "matmul": HeldMatmul(),
-            **_SHARED,
-        },
-    )
+    operand's share (:class:`~fgcam_lib.engine.rules_structural.Sum`), gates are held
+    constant. Every kind gets its default rule (:data:`~fgcam_lib.engine.kinds.KINDS`)."""
+    return Preset("paper", {"input": ZBeta(image_bounds), **default_rules()})
 
 
 def canonical(
@@ -152,24 +119,39 @@ def canonical(
     value is the bias or the BN shift alone) spread their relevance flat over their window
     (``ZPlus(flat=True)``, ``PoolZ(flat=True)``), so relevance is conserved at every layer.
     ``keep_bias=True`` keeps the (merged) biases in the denominators, as zennit does by
-    default; relevance then leaks."""
+    default; relevance then leaks. Other kinds get their default rule."""
     return Preset(
         "canonical",
         {
+            **default_rules(),
             "input": ZBeta(channel_bounds(mean, std), bias=keep_bias),
             "conv": ZPlus(bias=keep_bias, flat=True),
             "linear": ZPlus(bias=keep_bias, flat=True),
             "maxpool": PoolZ(flat=True),
             "avgpool": PoolZ(flat=True),
             "matmul": HeldMatmul(flat=True),
-            **_SHARED,
         },
         merge_bn=True,
         keep_bias=keep_bias,
     )
 
 
-PRESETS = {"paper": paper, "canonical": canonical}
+class PresetBuilder(Protocol):
+    """Builds a named preset; ``mean`` and ``std`` are the model's input normalisation."""
+
+    def __call__(self, mean: Sequence[float], std: Sequence[float]) -> Preset: ...
+
+
+def _paper(mean: Sequence[float], std: Sequence[float]) -> Preset:
+    return paper()  # image bounds: the normalisation plays no part
+
+
+def _canonical(mean: Sequence[float], std: Sequence[float]) -> Preset:
+    return canonical(mean, std)
+
+
+#: preset name -> its builder: the names :func:`get_preset` (and ``FGCAM(model, rules=name)``) knows
+PRESETS: dict[str, PresetBuilder] = {"paper": _paper, "canonical": _canonical}
 
 
 def get_preset(
@@ -177,20 +159,19 @@ def get_preset(
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
 ) -> Preset:
-    """``"paper"``, ``"canonical"``, a :class:`Preset`, or a dict laid over the paper preset."""
+    """A name in :data:`PRESETS`, a :class:`Preset`, or a dict laid over the paper preset."""
     if isinstance(rules, Preset):
         return rules
     if isinstance(rules, str):
-        if rules == "paper":
-            return paper()
-        if rules == "canonical":
-            return canonical(mean, std)
-        raise ValueError(f"unknown rules {rules!r}; use one of {sorted(PRESETS)}, a Preset or a dict")
+        if rules not in PRESETS:
+            raise ValueError(f"unknown rules {rules!r}; use one of {sorted(PRESETS)}, a Preset or a dict")
+        return PRESETS[rules](mean=mean, std=std)
     if isinstance(rules, Mapping):
         return paper().with_rules(dict(rules))
     raise TypeError(f"rules must be a name, a Preset or a dict, not {type(rules).__name__}")
 
 
+#: per node: the op its rule is called with, and the rule
 Bound = list[tuple[Any, Rule]]
 
 

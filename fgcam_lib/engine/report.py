@@ -14,9 +14,10 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from .graph import INPUT, Graph, graph_of
+from .dag import INPUT, Graph
 from .presets import Preset, bind, get_preset
-from .rules import Missing
+from .rules_base import Missing
+from .tracing import graph_of
 from .walk import eval_mode, forward, plan, propagate
 
 __all__ = ["coverage", "residual_flow", "residual_roles", "ResidualRoles"]

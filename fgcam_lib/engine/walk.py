@@ -1,6 +1,6 @@
 """The forward that keeps what relevance rules read, and the one backward walk.
 
-Positions are node ids of a :class:`~fgcam_lib.engine.graph.Graph` (``INPUT`` = -1 for the
+Positions are node ids of a :class:`~fgcam_lib.engine.dag.Graph` (``INPUT`` = -1 for the
 image). :func:`plan` lists the nodes a walk from ``start`` down to some ``stops`` passes and
 the activations their rules read; :func:`forward` runs the model keeping exactly those (and
 frees every other activation after its last reader); :func:`propagate` walks the nodes in
@@ -22,10 +22,10 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 from torch import nn
 
-from .graph import INPUT, Graph
+from .dag import INPUT, Graph
 from .ops import CallOp
-from .rules import Missing
 from .presets import Bound
+from .rules_base import Missing, MultiRule
 
 Tensor = torch.Tensor
 
@@ -186,7 +186,7 @@ def propagate(
         try:
             if isinstance(rule, Missing):  # no rule here: say why, whatever the inputs
                 rule(op, xs[0] if xs else None, r)
-            if rule.multi:
+            if isinstance(rule, MultiRule):  # the rule's class says which call it takes
                 if isinstance(op, CallOp) and len(tensor_inputs) < len(node.inputs):
                     # sizes and other values the call reads: filled in, so the rule calls op(*xs)
                     op = op.bind({k: trace.acts.get(j) for k, j in enumerate(node.inputs) if j not in trace.shapes})

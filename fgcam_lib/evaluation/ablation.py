@@ -3,8 +3,8 @@
 A sweep scores many variants of one explanation (rules, SVD rank, layer depth) on the
 same images. The pieces:
 
-- :func:`load_scenes` (:func:`fgcam_lib.evaluation.batch.load_batch`) turns a data set
-  into a :class:`~fgcam_lib.evaluation.batch.Batch` (normalised images, labels, boxes, masks);
+- :func:`fgcam_lib.evaluation.batch.load_batch` turns a data set into a
+  :class:`~fgcam_lib.evaluation.batch.Batch` (normalised images, labels, boxes, masks);
 - a *map source* turns images and targets into :class:`MapSet` s, one per (variant,
   layer): :func:`explainer_maps` for ready explainers, :func:`fgcam_maps` for FG-CAM
   variants that share their step-1 components (denoising ranks: the components and the
@@ -13,12 +13,12 @@ same images. The pieces:
   deletion / Over-all, Proportion with boxes and with exact masks, the pointing game;
   :func:`fgcam_lib.evaluation.scoring.score_maps`, the runner's) and returns tidy rows
   with the columns of :mod:`fgcam_lib.evaluation.runner` plus one column per variant key;
-- :func:`summarize` and :func:`format_summary` (:mod:`fgcam_lib.evaluation.tables`, the
-  runner's), :func:`paired_difference` and :func:`spread` give means and
-  percentile-bootstrap confidence intervals over images (:mod:`fgcam_lib.evaluation.stats`);
+- :func:`~fgcam_lib.evaluation.tables.summarize` and :func:`~fgcam_lib.evaluation.tables.format_summary`
+  (the runner's), :func:`paired_difference` and :func:`spread` give means and percentile-bootstrap
+  confidence intervals over images (:mod:`fgcam_lib.evaluation.stats`);
   the figures are :func:`fgcam_lib.ui.plots.forest_plot` and :func:`fgcam_lib.ui.plots.example_grid`.
 
-    >>> batch = load_scenes(SyntheticScenes("test", 64, size=96), preprocess)
+    >>> batch = load_batch(SyntheticScenes("test", 64, size=96), preprocess)
     >>> fg = FGCAM(model)                                    # no denoising: ranks vary below
     >>> rows = sweep(model, batch, fgcam_maps(fg, ["input", 13], {"none": None, "r1": 1, "r4": 4}))
     >>> summarize(rows, by=["method", "layer"])              # mean, ci_low, ci_high, n per metric
@@ -40,40 +40,23 @@ from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from . import metrics as M
-from ..catalogue import HIGHER_IS_BETTER, METRIC_GROUPS, METRIC_LABELS, is_input_layer, layer_key
+from ..catalogue import is_input_layer, layer_key
 from ..methods.base import Explainer
 from ..methods.components import TopComponents
 from ..methods.fgcam import FGCAM, denoise
-from .batch import Batch, load_batch
+from .batch import Batch
 from .scoring import CleanLogitsCache, score_maps
 from .stats import bootstrap_ci
-from .tables import format_summary, summarize
 
 if TYPE_CHECKING:  # pandas is imported lazily, inside the functions that tabulate
     import pandas as pd
 
 __all__ = [
-    "SceneBatch", "MapSet", "MapSource", "load_scenes", "inference_copy", "layer_key",
+    "MapSet", "MapSource", "inference_copy",
     "max_rank", "rank_grid", "rank_fraction", "denoise_to_rank",
-    "explainer_maps", "fgcam_maps", "score_maps", "sweep", "relevance_sums",
-    "bootstrap_ci", "summarize", "paired_difference", "spread", "format_summary",
-    "METRICS", "METRIC_LABELS", "HIGHER_IS_BETTER",
+    "explainer_maps", "fgcam_maps", "sweep", "relevance_sums",
+    "paired_difference", "spread",
 ]
-
-#: metric option -> the per-image metric rows it writes (the catalogue's, shared with the runner)
-METRICS: dict[str, tuple[str, ...]] = METRIC_GROUPS
-#: the batch type and loader of the runner, under the names the ablation notebooks use
-SceneBatch = Batch
-load_scenes = load_batch
-
-
-def __getattr__(name: str) -> Any:
-    # the figures moved to fgcam_lib.ui.plots; loaded on first use so this module stays free of matplotlib
-    if name in ("forest_plot", "example_grid"):
-        from ..ui import plots
-
-        return getattr(plots, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ------------------------------------------------------------------------ fast model

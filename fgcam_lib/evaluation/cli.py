@@ -108,6 +108,9 @@ def build_parser(prog: str = "python -m fgcam_lib.evaluation") -> argparse.Argum
                         "precision); bf16/fp16 are for GPUs, their effect on each metric is in RESULTS.md")
     p.add_argument("--channels-last", action="store_true",
                    help="convert the model to channels-last memory format (faster convolutions on some GPUs)")
+    p.add_argument("--channels-last-metrics", action="store_true",
+                   help="run the metrics' forward passes on a channels-last copy of the model (explanations "
+                        "unchanged): about 2x faster on a CPU for depthwise convs (EfficientNet, MobileNet)")
     p.add_argument("--tie-seeds", default=None,
                    help="e.g. 0,1,2: score each map under these tie-breaking seeds instead (rows in "
                         "results/ties_<data>_<model>.parquet) and print each mean's spread over the seeds")
@@ -128,7 +131,8 @@ def _load_model(args: argparse.Namespace) -> tuple[nn.Module, Any]:
 
 def _datasets(args: argparse.Namespace, model: nn.Module, size: int) -> list[tuple[str, Any, int, list[str]]]:
     """(data name, dataset, n, metric options) for each evaluation the arguments ask for."""
-    from ..data.images import ImageFolderDataset, ImageNetVal
+    from ..data.imagenet import ImageNetVal
+    from ..data.images import ImageFolderDataset
     from ..data.scenes import SyntheticScenes
 
     metrics = _split_list(args.metrics)
@@ -234,7 +238,8 @@ def _run(args: argparse.Namespace, ranks: Ranks) -> int:
             frames.append(run_evaluation(model, preprocess, ds, methods, layers, metrics, n=n, out=out,
                                          seed=args.seed, batch_size=args.batch_size, progress=not args.no_progress,
                                          target=args.target, data_name=name, metric_batch_size=mbs,
-                                         precision=args.precision, ranks=ranks))
+                                         precision=args.precision, metric_channels_last=args.channels_last_metrics,
+                                         ranks=ranks))
         except ValueError as err:
             say(f"error: {err}", file=sys.stderr)
             return 2

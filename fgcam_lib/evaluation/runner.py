@@ -48,22 +48,18 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..catalogue import METRIC_GROUPS, METRIC_LABELS, PAPER_LAYERS, layer_key
+from ..catalogue import METRIC_GROUPS, layer_key
+from ..data.fingerprint import model_fingerprint
 from ..methods.registry import METHODS, is_signed, make_explainer, supports
 from .batch import Batch, dataset_image_ids, load_batch
 from .distributed import SINGLE, Ranks
-from .scoring import CleanLogitsCache, at_precision, check_metrics, clean_pass, score_maps
-from .store import COLUMNS, DTYPES, ResultStore, empty_rows, model_fingerprint, read_results, typed_rows
-from .tables import TABLES, format_table, summarize, table_number, throughput_table
+from .scoring import at_precision, check_metrics, clean_pass, score_maps
+from .store import COLUMNS, DTYPES, ResultStore, empty_rows, typed_rows
 
 if TYPE_CHECKING:  # pandas is imported lazily, inside the functions that tabulate
     import pandas as pd
 
-__all__ = [
-    "METRIC_GROUPS", "METRIC_LABELS", "COLUMNS", "PAPER_LAYERS", "TABLES",
-    "run_evaluation", "summarize", "format_table", "throughput_table", "read_results",
-    "Batch", "load_batch", "CleanLogitsCache", "Throughput", "table_number", "check_request",
-]
+__all__ = ["run_evaluation", "check_request", "Throughput", "FAITHFULNESS_GROUPS", "LOCALIZATION_GROUPS"]
 
 FAITHFULNESS_GROUPS: tuple[str, ...] = ("adai", "insdel", "road")
 LOCALIZATION_GROUPS: tuple[str, ...] = ("proportion",)
@@ -201,6 +197,7 @@ def run_evaluation(
     explainer_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
     metric_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
     precision: str = "fp32",
+    metric_channels_last: bool = False,
     ranks: Ranks = SINGLE,
 ) -> "pd.DataFrame":
     """Evaluate ``methods`` at ``layers`` with ``metrics`` (options of :data:`METRIC_GROUPS`)
@@ -216,6 +213,8 @@ def run_evaluation(
     ``{"insdel": {"step": 64}}``, ``{"pointing_game": {"tolerance": 8}}``). ``precision``:
     ``fp32``, ``bf16`` or ``fp16``, the autocast precision of the metrics' forward passes
     (the clean pass included; the target class always comes from the float32 logits).
+    ``metric_channels_last``: run those forward passes on a channels-last copy of the model
+    (:class:`~fgcam_lib.evaluation.scoring.ChannelsLast`: twice as fast for depthwise convs on a CPU).
     ``ranks``: this process's rank under torchrun (:func:`fgcam_lib.evaluation.distributed.from_env`);
     each rank computes its share of the batches and rank 0 returns every rank's rows.
 
@@ -229,7 +228,7 @@ def run_evaluation(
     torch.manual_seed(seed)
     np.random.seed(seed)
     model.eval()
-    metric_model = at_precision(model, precision)
+    metric_model = at_precision(model, precision, channels_last=metric_channels_last)
     meta = {"seed": seed, "target": target, **({"precision": precision} if precision != "fp32" else {})}
     plan = _Plan(model, dataset, methods, layers, metrics, n, out, data_name, meta, ranks)
     explainers = {m: make_explainer(m, model, preprocess=preprocess, **dict((explainer_kwargs or {}).get(m, {})))

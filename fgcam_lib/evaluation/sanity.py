@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = [
-    "ABLATIONS", "randomization_groups", "randomized_copy", "cascading", "summarize_values", "mean_ci",
+    "ABLATIONS", "randomization_groups", "randomized_copy", "cascading", "summarize_values",
     "randomization_verdict",
     "class_sensitivity", "AblatedFGCAM", "ablate_weights", "weight_ablation", "runner_up",
 ]
@@ -203,10 +203,6 @@ def summarize_values(
     out = pd.concat(parts, axis=1)
     out["n"] = df.groupby(list(by), sort=False, dropna=False).size().reindex(out.index)
     return out
-
-
-#: the former name of :func:`summarize_values` (it clashed with :func:`fgcam_lib.evaluation.stats.mean_ci`)
-mean_ci = summarize_values
 
 
 def randomization_verdict(

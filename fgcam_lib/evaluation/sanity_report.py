@@ -27,9 +27,9 @@ import torch
 from torch import nn
 
 from . import sanity as S
+from ..data.fingerprint import model_fingerprint
 from ..methods.registry import make_explainer, paper_layers
 from .batch import load_batch
-from .store import model_fingerprint
 
 if TYPE_CHECKING:
     import pandas as pd

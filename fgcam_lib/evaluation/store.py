@@ -2,25 +2,25 @@
 
 One row per (data, image, method, layer, metric) with :data:`COLUMNS`; a CSV file or a
 folder of parquet parts. :func:`results_path` names a run's file from the model's
-:func:`model_fingerprint`, :func:`stored_prefix` tells how much of a run is already stored.
+:func:`~fgcam_lib.data.fingerprint.model_fingerprint`, :func:`stored_prefix` tells how much of a run is already stored.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from ..catalogue import layer_key  # re-exported: rows store layers by this key
+from ..catalogue import layer_key
+from ..data.fingerprint import model_fingerprint
 from ..methods.registry import supports
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
     from torch import nn
 
-__all__ = ["COLUMNS", "DTYPES", "ResultStore", "empty_rows", "typed_rows", "read_results", "layer_key", "model_fingerprint", "results_path",
+__all__ = ["COLUMNS", "DTYPES", "ResultStore", "empty_rows", "typed_rows", "read_results", "results_path",
            "stored_prefix"]
 
 COLUMNS: tuple[str, ...] = ("data", "image_id", "index", "label", "target", "method", "layer", "metric", "value")
@@ -113,22 +113,6 @@ def typed_rows(df: "pd.DataFrame") -> "pd.DataFrame":
 def read_results(out: str | os.PathLike) -> "pd.DataFrame":
     """Read the rows a run wrote to ``out`` (``.csv`` file or ``.parquet`` folder)."""
     return ResultStore(out).read()
-
-
-def model_fingerprint(model: "nn.Module", length: int = 10) -> str:
-    """Short SHA-256 of a model's state dict (names, shapes, dtypes and values).
-
-    Two models with the same parameters and buffers get the same fingerprint; any changed
-    weight changes it. Used to keep results of different checkpoints apart.
-    """
-    import torch
-
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:length]
 
 
 def results_path(split: str, model: "nn.Module", root: str | Path = "results", suffix: str = ".parquet",

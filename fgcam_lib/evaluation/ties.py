@@ -20,10 +20,11 @@ from typing import TYPE_CHECKING, Any, Sequence
 from torch import nn
 
 from ..catalogue import layer_key
+from ..data.fingerprint import model_fingerprint
 from ..methods.registry import is_signed, make_explainer, supports
 from .batch import dataset_image_ids, load_batch
 from .scoring import check_metrics, clean_pass, score_maps
-from .store import ResultStore, model_fingerprint, typed_rows
+from .store import ResultStore, typed_rows
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -94,7 +94,8 @@ class Explanation:
 
     ``components[layer]``: B x c x h x w, the per-channel explanation components at that
     layer (for CAMs ``w * A``; for propagated methods the relevance of each neuron).
-    ``weights``: B x C CAM weights at the component layer, when the method has them.
+    ``weights``: the CAM weights at the component layer, when the method has them: B x C, or
+    B x C x h x w for a base with element-wise weights (HiResCAM, Layer-CAM).
     """
 
     components: dict[LayerSpec, Tensor]

@@ -1,12 +1,17 @@
-"""CAM weights and CAM explainers (Eq. 1-3).
+"""CAM weights, the built-in CAM bases and the CAM explainers (Eq. 1-3).
 
-Gradient weights take ``A`` (B x C x H x W activations at a layer) and ``G`` (the
-gradient of the target logit w.r.t. ``A``) and return B x C weights; the components are
-``w * A`` and the map ``ReLU(sum_c w_c A_c)``. Layer-CAM uses pixel weights ``ReLU(G)``.
+A CAM base (:class:`~fgcam_lib.methods.bases.CamBase`) turns the activations ``A`` at a layer
+(B x C x h x w), the gradient ``G`` of the explained score w.r.t. ``A`` and the logits into
+weights ``w``, per channel (B x C) or per element (B x C x h x w); the components are
+``w * A`` and the map ``ReLU(sum_c w_c A_c)``. The bases here: Grad-CAM, Grad-CAM++,
+XGrad-CAM (``w = f(A, G)``, B x C), Layer-CAM (``w = ReLU(G)``, element-wise) and Score-CAM
+(masked forward passes, no gradient). :class:`CAM` applies any base at any feature layer;
+:class:`GradCAM` and the others are :class:`CAM` with their base.
 
     >>> cam = GradCAM(model)
     >>> maps = cam(x, layer="features.33")          # B x h x w at that layer's resolution
     >>> maps = cam(x, layer=[13, 23, 33])           # one forward and backward for all three
+    >>> maps = CAM(model, base=GradCAMppBase())(x, layer=33)
 """
 from __future__ import annotations
 
@@ -17,8 +22,17 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .base import Explainer, resolve_target
+from .bases import (CamBase, CamInputs, GradientSource, base_label, components_of, make_base, needs_gradients,
+                    register_base)
+from ..catalogue import method_label
 from ..engine.rules import safe_div
 from ..engine.walk import forward
+
+__all__ = [
+    "grad_cam_weights", "grad_cam_pp_weights", "xgrad_cam_weights", "score_cam_weights", "GRADIENT_WEIGHTS",
+    "GradCAMBase", "GradCAMppBase", "XGradCAMBase", "LayerCAMBase", "ScoreCAMBase",
+    "CAM", "GradCAM", "GradCAMpp", "XGradCAM", "LayerCAM", "ScoreCAM",
+]
 
 Tensor = torch.Tensor
 
@@ -94,67 +108,155 @@ def score_cam_weights(
     return scores if variant == "paper" else scores.softmax(1)
 
 
-class _CAM(Explainer):
-    """CAM family at any feature layer; components ``w * A`` (or ``ReLU(G) * A``)."""
 
+# ------------------------------------------------------------------------------- bases
+@register_base
+class GradCAMBase(CamBase):
+    """Grad-CAM (Selvaraju et al. 2017): ``w_c = mean_ij dS/dA_cij``, B x C.
+
+        >>> FGCAM(model, base=GradCAMBase())       # = FGCAM(model, base="grad_cam")
+    """
+
+    key = "grad_cam"
+
+    def weights(self, inputs: CamInputs) -> Tensor:
+        return grad_cam_weights(inputs.activations, inputs.gradients)
+
+
+@register_base
+class GradCAMppBase(GradCAMBase):
+    """Grad-CAM++ (Chattopadhay et al. 2018), see :func:`grad_cam_pp_weights`; B x C."""
+
+    key = "grad_cam_pp"
+
+    def weights(self, inputs: CamInputs) -> Tensor:
+        return grad_cam_pp_weights(inputs.activations, inputs.gradients)
+
+
+@register_base
+class XGradCAMBase(GradCAMBase):
+    """XGrad-CAM (Fu et al. 2020): ``w_c = sum_ij G_cij A_cij / sum_ij A_cij``; B x C."""
+
+    key = "xgrad_cam"
+
+    def weights(self, inputs: CamInputs) -> Tensor:
+        return xgrad_cam_weights(inputs.activations, inputs.gradients)
+
+
+@register_base
+class LayerCAMBase(CamBase):
+    """Layer-CAM (Jiang et al. 2021): element-wise weights ``ReLU(dS/dA)``, B x C x h x w."""
+
+    key = "layer_cam"
+
+    def weights(self, inputs: CamInputs) -> Tensor:
+        return inputs.gradients.clamp(min=0)
+
+
+@register_base
+class ScoreCAMBase(CamBase):
+    """Score-CAM (Wang et al. 2020): the target's score on the input masked by each channel,
+    B x C; no gradient. ``variant``, ``batch_size``, ``align_corners``, ``progress``: see
+    :func:`score_cam_weights`."""
+
+    key = "score_cam"
+    needs_gradients = False
+
+    def __init__(self, variant: str = "paper", batch_size: int = 8, align_corners: bool = False,
+                 progress: bool = False):
+        if variant not in ("paper", "common"):
+            raise ValueError(f"unknown Score-CAM variant {variant!r}; use 'paper' or 'common'")
+        self.variant, self.batch_size, self.align_corners, self.progress = variant, batch_size, align_corners, progress
+
+    def weights(self, inputs: CamInputs) -> Tensor:
+        return score_cam_weights(inputs.forward, inputs.x, inputs.activations, inputs.target, self.variant,
+                                 self.batch_size, self.align_corners, self.progress)
+
+
+# --------------------------------------------------------------------------- explainers
+class CAM(Explainer):
+    """A CAM at any feature layer: components ``w * A`` for the weights of ``base``, maps
+    ``ReLU(sum_c w_c A_c)`` (element-wise weights: ``ReLU(sum_c w_cij A_cij)``).
+
+    ``base``: a registered name (:data:`~fgcam_lib.methods.bases.CAM_BASES`) or any object with
+    ``weights(inputs)``. Subclasses name their base in ``base_type``.
+
+        >>> CAM(model, base="hires_cam")(x, layer=[13, 33])    # one forward and backward
+    """
+
+    #: the base a subclass builds when no ``base`` is given
+    base_type: Callable[[], CamBase] | None = None
     name = "CAM"
 
-    def __init__(self, model):
+    def __init__(self, model, base: str | CamBase | None = None):
         super().__init__(model)
+        if base is None:
+            if self.base_type is None:
+                raise TypeError("CAM needs a base: a registered name such as 'grad_cam', or a CamBase object")
+            base = self.base_type()
+        self.base: CamBase = make_base(base)
+        self.name = base_label(self.base)
         self.default_layer = self.graph.name(self.graph.default_component_layer())
 
     def _check_position(self, position, name):
         self._feature_map_check(position, name, self.name)
 
-    def _components(self, A: Tensor, G: Tensor) -> Tensor:
-        raise NotImplementedError
+    def _logits(self, x: Tensor) -> Tensor:
+        return forward(self.graph, x).out
 
     def _explain(self, x, target, positions):
-        # gradients start at the requested layers that no other requested layer feeds
-        lowest = [p for p in positions if not any(q != p and self.graph.reaches(q, p) for q in positions)]
-        trace = forward(self.graph, x, keep=positions, grad_at=lowest)
+        base, grad = self.base, needs_gradients(self.base)
+        if grad:
+            # gradients start at the requested layers that no other requested layer feeds
+            lowest = [p for p in positions if not any(q != p and self.graph.reaches(q, p) for q in positions)]
+            trace = forward(self.graph, x, keep=positions, grad_at=lowest)
+        else:
+            with torch.no_grad():
+                trace = forward(self.graph, x, keep=positions)
         logits = trace.out
         tgt = resolve_target(target, logits.detach())
         acts = [trace.acts[p] for p in positions]
-        grads = torch.autograd.grad(logits.gather(1, tgt[:, None]).sum(), acts)
-        comps = [self._components(A.detach(), G) for A, G in zip(acts, grads)]
-        return comps, tgt, logits, None
+        source = GradientSource(logits, acts, tgt) if grad else None
+        comps = []
+        for i, (p, A) in enumerate(zip(positions, acts)):
+            grads = None if source is None else (lambda score, i=i: source(score, i))
+            inputs = CamInputs(A.detach(), logits.detach(), tgt, x, self._logits, self.graph.name(p), self.model,
+                               grad_source=grads)
+            with torch.set_grad_enabled(grad):
+                w = base.weights(inputs)
+            comps.append(components_of(w, inputs.activations, self.name))
+        return comps, tgt, logits.detach(), None
 
 
-class GradCAM(_CAM):
+class GradCAM(CAM):
     """Grad-CAM (Selvaraju et al. 2017): weights are the spatial mean of the gradient."""
 
-    name = "Grad-CAM"
-    weight_fn = staticmethod(grad_cam_weights)
-
-    def _components(self, A, G):
-        return self.weight_fn(A, G)[:, :, None, None] * A
+    name = method_label("grad_cam")
+    base_type = GradCAMBase
 
 
-class GradCAMpp(GradCAM):
+class GradCAMpp(CAM):
     """Grad-CAM++ (Chattopadhay et al. 2018)."""
 
-    name = "Grad-CAM++"
-    weight_fn = staticmethod(grad_cam_pp_weights)
+    name = method_label("grad_cam_pp")
+    base_type = GradCAMppBase
 
 
-class XGradCAM(GradCAM):
+class XGradCAM(CAM):
     """XGrad-CAM (Fu et al. 2020)."""
 
-    name = "XGrad-CAM"
-    weight_fn = staticmethod(xgrad_cam_weights)
+    name = method_label("xgrad_cam")
+    base_type = XGradCAMBase
 
 
-class LayerCAM(_CAM):
+class LayerCAM(CAM):
     """Layer-CAM (Jiang et al. 2021): pixel weights ``ReLU(G)``, components ``ReLU(G) * A``."""
 
-    name = "Layer-CAM"
-
-    def _components(self, A, G):
-        return G.clamp(min=0) * A
+    name = method_label("layer_cam")
+    base_type = LayerCAMBase
 
 
-class ScoreCAM(_CAM):
+class ScoreCAM(CAM):
     """Score-CAM (Wang et al. 2020); see :func:`score_cam_weights` for ``variant``.
 
     The default is the authors' variant, the one FG-Score-CAM and the evaluation use, so
@@ -162,24 +264,14 @@ class ScoreCAM(_CAM):
     ``variant="common"`` reproduces pytorch-grad-cam.
     """
 
-    name = "Score-CAM"
+    name = method_label("score_cam")
 
     def __init__(self, model, variant: str = "paper", batch_size: int = 16, align_corners: bool = False, progress: bool = False):
-        super().__init__(model)
-        if variant not in ("paper", "common"):
-            raise ValueError(f"unknown Score-CAM variant {variant!r}; use 'paper' or 'common'")
-        self.variant, self.batch_size, self.align_corners, self.progress = variant, batch_size, align_corners, progress
+        super().__init__(model, ScoreCAMBase(variant, batch_size, align_corners, progress))
 
-    def _logits(self, x: Tensor) -> Tensor:
-        return forward(self.graph, x).out
-
-    def _explain(self, x, target, positions):
-        with torch.no_grad():
-            trace = forward(self.graph, x, keep=positions)
-            tgt = resolve_target(target, trace.out)
-            comps = []
-            for p in positions:
-                A = trace.acts[p]
-                w = score_cam_weights(self._logits, x, A, tgt, self.variant, self.batch_size, self.align_corners, self.progress)
-                comps.append(w[:, :, None, None] * A)
-        return comps, tgt, trace.out, None
+    # the options live on the base; read and set them here as before
+    variant = property(lambda self: self.base.variant, lambda self, v: setattr(self.base, "variant", v))
+    batch_size = property(lambda self: self.base.batch_size, lambda self, v: setattr(self.base, "batch_size", v))
+    align_corners = property(lambda self: self.base.align_corners,
+                             lambda self, v: setattr(self.base, "align_corners", v))
+    progress = property(lambda self: self.base.progress, lambda self, v: setattr(self.base, "progress", v))

@@ -120,7 +120,8 @@ class TopComponents:
             Score-CAM components computed on a copy of the model); the forward then runs
             without gradients and :attr:`weights` is None.
 
-    Attributes: ``components`` (I_L, B x C x H x W), ``weights`` (B x C), ``target`` (B),
+    Attributes: ``components`` (I_L, B x C x H x W), ``weights`` (B x C; B x C x H x W for an
+    element-wise base such as HiResCAM), ``target`` (B),
     ``logits`` (B x classes), ``trace``.
     """
 

@@ -12,14 +12,19 @@ from typing import Mapping, NamedTuple, Sequence
 import torch
 
 from .base import Explainer, Target, resolve_target
-from .cam import GRADIENT_WEIGHTS, score_cam_weights
+from .bases import CAM_BASES, CamBase, CamInputs, GradientSource, components_of, make_base, needs_gradients
+from .cam import GRADIENT_WEIGHTS, ScoreCAMBase
 from ..engine.graph import INPUT
 from ..engine.presets import IMAGENET_MEAN, IMAGENET_STD, Preset, bind, get_preset
 from ..engine.rules import Rule
 from ..engine.walk import Trace, forward, plan, propagate
 
+__all__ = ["FGCAM", "LRP", "CLRP", "SGLRP", "Step1", "BASES", "denoise", "denoise_rank"]
+
 Tensor = torch.Tensor
 
+#: the paper's CAM bases (the explorer's choices); ``FGCAM(base=...)`` takes any name in
+#: :data:`~fgcam_lib.methods.bases.CAM_BASES` or any :class:`~fgcam_lib.methods.bases.CamBase`
 BASES = tuple(GRADIENT_WEIGHTS) + ("score_cam",)
 
 
@@ -50,8 +55,8 @@ def denoise(components: Tensor, fraction: float, add_mean: bool = False) -> Tens
 
 class Step1(NamedTuple):
     """FG-CAM's step 1 on a batch: the components ``I_L`` (B x C x H x W, denoised when the
-    explainer denoises), the CAM weights (B x C), the classes explained (B), the logits and
-    the forward trace the propagation reads."""
+    explainer denoises), the CAM weights (B x C, or B x C x H x W for an element-wise base),
+    the classes explained (B), the logits and the forward trace the propagation reads."""
 
     components: Tensor
     weights: Tensor
@@ -100,19 +105,26 @@ class _Propagating(Explainer):
 class FGCAM(_Propagating):
     """FG-CAM: CAM components at the last feature layer, pushed down with LRP rules.
 
-    ``base``: "grad_cam", "score_cam", "grad_cam_pp" or "xgrad_cam" (the CAM weights of
-    Eq. 2). ``rules``: "paper" (the authors' code), "canonical", a :class:`Preset`, or a
-    dict of rules laid over the paper preset. ``denoise``: rank fraction for SVD
+    ``base``: the CAM weights of Eq. 2: "grad_cam", "score_cam", "grad_cam_pp", "xgrad_cam"
+    (the paper's), any other name in :data:`~fgcam_lib.methods.bases.CAM_BASES` ("layer_cam",
+    "hires_cam", "finer_cam"), or any object with ``weights(inputs)``
+    (:class:`~fgcam_lib.methods.bases.CamBase`); element-wise weights (B x C x H x W) give
+    the components ``w * A`` element by element. ``rules``: "paper" (the authors' code),
+    "canonical", a :class:`Preset`, or a dict of rules laid over the paper preset.
+    ``denoise``: rank fraction for SVD
     denoising (e.g. 0.1), or None. ``component_layer``: where ``I_L`` is taken (default:
     ``features[-1]``). ``score_cam_variant``: "paper" or "common". ``mean``/``std``: the
     input normalisation, for the canonical z-beta bounds (default: the model's card, else
     ImageNet's).
+
+        >>> FGCAM(model, base="hires_cam")(x, layer="input")
+        >>> FGCAM(model, base=FinerCAM("grad_cam_pp", k=2), rules="canonical")(x, layer=[13, "input"])
     """
 
     def __init__(
         self,
         model,
-        base: str = "grad_cam",
+        base: str | CamBase = "grad_cam",
         rules: str | Preset | Mapping[str, Rule] = "paper",
         denoise: float | None = None,
         component_layer: int | str | None = None,
@@ -123,8 +135,12 @@ class FGCAM(_Propagating):
         progress: bool = False,
     ):
         super().__init__(model, rules, mean, std)
-        if base not in BASES:
-            raise ValueError(f"unknown base {base!r}; use one of {', '.join(BASES)}")
+        if isinstance(base, str):
+            if base not in CAM_BASES:
+                raise ValueError(f"unknown base {base!r}; use one of {', '.join(CAM_BASES)} "
+                                 "or an object with a weights(inputs) method")
+        else:
+            make_base(base)  # validates the object
         if denoise is not None:
             if isinstance(denoise, bool) or not isinstance(denoise, (int, float)):
                 raise TypeError(f"denoise must be a rank fraction in (0, 1] such as 0.1, or None; got {denoise!r}")
@@ -148,6 +164,15 @@ class FGCAM(_Propagating):
                 "FG-CAM explains at that layer or below it"
             )
 
+    @property
+    def cam_base(self) -> CamBase:
+        """The base object step 1 uses (built from the name with this explainer's Score-CAM options)."""
+        if not isinstance(self.base, str):
+            return self.base
+        if self.base == "score_cam":
+            return ScoreCAMBase(self.score_cam_variant, self.batch_size, progress=self.progress)
+        return make_base(self.base)
+
     def components_at_top(self, x: Tensor, target: Target = None, keep_from: int | Sequence[int] | None = None,
                           bound=None) -> Step1:
         """Step 1 (+ denoising): ``Step1(I_L, weights, target, logits, trace)``; I_L is B x C x H x W.
@@ -155,26 +180,26 @@ class FGCAM(_Propagating):
         ``keep_from``: the position(s) anything will later be propagated down to (default: none).
         """
         L = self.component_position
-        grad = self.base in GRADIENT_WEIGHTS
+        base = self.cam_base
+        grad = needs_gradients(base)
         stops = [L] if keep_from is None else ([keep_from] if isinstance(keep_from, int) else list(keep_from))
         trace = self.forward_for(x, L, stops, grad_at=[L] if grad else (), keep=[L], bound=bound)
         logits = trace.out
         tgt = resolve_target(target, logits.detach())
         A = trace.acts[L]
+        source = GradientSource(logits, [A], tgt) if grad else None
+        inputs = CamInputs(A.detach(), logits.detach(), tgt, x, lambda z: forward(self.graph, z).out,
+                           self.component_layer, self.model,
+                           grad_source=None if source is None else (lambda score: source(score, 0)))
+        with torch.set_grad_enabled(grad):
+            w = base.weights(inputs)
+        A = A.detach()
         if grad:
-            (G,) = torch.autograd.grad(logits.gather(1, tgt[:, None]).sum(), A)
-            A = A.detach()
-            w = GRADIENT_WEIGHTS[self.base](A, G)
-        else:
-            with torch.no_grad():
-                w = score_cam_weights(
-                    lambda z: forward(self.graph, z).out,
-                    x, A, tgt, self.score_cam_variant, self.batch_size, progress=self.progress,
-                )
+            trace.out = logits.detach()  # frees the graph above the component layer
         if A.dim() != 4:
             raise ValueError(f"the component layer {self.component_layer!r} gives {tuple(A.shape)}, not a "
                              "B x C x H x W feature map; pass component_layer")
-        I = w[:, :, None, None] * A
+        I = components_of(w, A, f"base {self.base!r}")
         if self.denoise is not None:
             I = denoise(I, self.denoise)
         return Step1(I, w, tgt, logits.detach(), trace)

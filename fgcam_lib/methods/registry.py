@@ -36,6 +36,7 @@ from torch import nn
 from .base import Explainer
 from .cam import GradCAM, GradCAMpp, LayerCAM, ScoreCAM, XGradCAM
 from .fgcam import CLRP, FGCAM, LRP, SGLRP
+from ..catalogue import METHOD_LABELS
 from ..engine.graph import INPUT, Graph, graph_of
 from ..engine.presets import IMAGENET_MEAN, IMAGENET_STD
 
@@ -66,15 +67,20 @@ class MethodSpec:
     ``build(model, mean, std, **kwargs) -> Explainer``; ``defaults`` are the keyword
     arguments the registry passes (overridable in :func:`make_explainer`).
     ``signed_at_input``: its input-layer maps keep negative values for the metrics.
+    The display label is the catalogue's (:data:`fgcam_lib.catalogue.METHOD_LABELS`).
     """
 
     name: str
-    label: str
     family: str
     build: Callable[..., Explainer] = field(repr=False)
     defaults: Mapping[str, Any] = field(default_factory=dict)
     signed_at_input: bool = False
     description: str = ""
+
+    @property
+    def label(self) -> str:
+        """The paper's display label, from :data:`fgcam_lib.catalogue.METHOD_LABELS`."""
+        return METHOD_LABELS[self.name]
 
 
 def _cam(cls: type) -> Callable[..., Explainer]:
@@ -102,31 +108,33 @@ def _registry() -> dict[str, MethodSpec]:
     score = {"variant": "paper"}
     fg_score = {"base": "score_cam", "score_cam_variant": "paper"}
     specs = [
-        MethodSpec("grad_cam", "Grad-CAM", "cam", _cam(GradCAM), {}, False,
+        MethodSpec("grad_cam", "cam", _cam(GradCAM), {}, False,
                    "Grad-CAM: spatial mean of the target logit's gradient"),
-        MethodSpec("score_cam", "Score-CAM", "cam", _cam(ScoreCAM), score, False,
+        MethodSpec("score_cam", "cam", _cam(ScoreCAM), score, False,
                    "Score-CAM, the authors' variant (softmax score of each masked input)"),
-        MethodSpec("layer_cam", "Layer-CAM", "cam", _cam(LayerCAM), {}, False,
+        MethodSpec("layer_cam", "cam", _cam(LayerCAM), {}, False,
                    "Layer-CAM: ReLU(gradient) * activation"),
-        MethodSpec("grad_cam_pp", "Grad-CAM++", "cam", _cam(GradCAMpp), {}, False, "Grad-CAM++"),
-        MethodSpec("xgrad_cam", "XGrad-CAM", "cam", _cam(XGradCAM), {}, False, "XGrad-CAM"),
-        MethodSpec("fg_grad_cam", "FG-Grad-CAM", "fgcam", _fgcam, {"base": "grad_cam"}, True,
+        MethodSpec("grad_cam_pp", "cam", _cam(GradCAMpp), {}, False,
+                   "Grad-CAM++: positive gradients weighted by their closed-form alphas"),
+        MethodSpec("xgrad_cam", "cam", _cam(XGradCAM), {}, False,
+                   "XGrad-CAM: gradient averaged with the activations as weights"),
+        MethodSpec("fg_grad_cam", "fgcam", _fgcam, {"base": "grad_cam"}, True,
                    "FG-CAM with Grad-CAM weights, paper rules"),
-        MethodSpec("fg_grad_cam_denoise", "FG-Grad-CAM (denoising)", "fgcam", _fgcam,
+        MethodSpec("fg_grad_cam_denoise", "fgcam", _fgcam,
                    {"base": "grad_cam", "denoise": 0.1}, True,
                    "FG-Grad-CAM with SVD denoising (top 10% singular values)"),
-        MethodSpec("fg_score_cam", "FG-Score-CAM", "fgcam", _fgcam, fg_score, True,
+        MethodSpec("fg_score_cam", "fgcam", _fgcam, fg_score, True,
                    "FG-CAM with Score-CAM weights (authors' variant), paper rules"),
-        MethodSpec("fg_score_cam_denoise", "FG-Score-CAM (denoising)", "fgcam", _fgcam,
+        MethodSpec("fg_score_cam_denoise", "fgcam", _fgcam,
                    {**fg_score, "denoise": 0.1}, True,
                    "FG-Score-CAM with SVD denoising (top 10% singular values)"),
-        MethodSpec("fg_grad_cam_pp", "FG-Grad-CAM++", "fgcam", _fgcam, {"base": "grad_cam_pp"}, True,
+        MethodSpec("fg_grad_cam_pp", "fgcam", _fgcam, {"base": "grad_cam_pp"}, True,
                    "FG-CAM with Grad-CAM++ weights, paper rules"),
-        MethodSpec("fg_xgrad_cam", "FG-XGrad-CAM", "fgcam", _fgcam, {"base": "xgrad_cam"}, True,
+        MethodSpec("fg_xgrad_cam", "fgcam", _fgcam, {"base": "xgrad_cam"}, True,
                    "FG-CAM with XGrad-CAM weights, paper rules"),
-        MethodSpec("lrp", "LRP", "lrp", _lrp(LRP), {}, True, "LRP from the target logit, paper rules"),
-        MethodSpec("clrp", "CLRP", "lrp", _lrp(CLRP), {}, True, "contrastive LRP, paper rules"),
-        MethodSpec("sglrp", "SGLRP", "lrp", _lrp(SGLRP), {}, True, "softmax-gradient LRP, paper rules"),
+        MethodSpec("lrp", "lrp", _lrp(LRP), {}, True, "LRP from the target logit, paper rules"),
+        MethodSpec("clrp", "lrp", _lrp(CLRP), {}, True, "contrastive LRP, paper rules"),
+        MethodSpec("sglrp", "lrp", _lrp(SGLRP), {}, True, "softmax-gradient LRP, paper rules"),
     ]
     return {s.name: s for s in specs}
 
@@ -150,7 +158,7 @@ def _spec(name: str) -> MethodSpec:
 
 
 def label(name: str) -> str:
-    """The paper's display label, e.g. ``"FG-Grad-CAM (denoising)"``."""
+    """The paper's display label, e.g. ``"FG-Grad-CAM (denoising)"`` (the catalogue's)."""
     return _spec(name).label
 
 

@@ -1,10 +1,8 @@
-"""The ``fgcam`` command line: explain image files, or run the evaluation.
+"""The ``fgcam explain`` and ``fgcam scenes`` commands: explain image files, write benchmark scenes.
 
     fgcam explain cat.jpg photos/ "more/*.png" --method fg_grad_cam --out explanations   # the real ImageNet network
     fgcam scenes --split test --n 4 --out scenes          # benchmark scenes as tagged PNG files
     fgcam explain scenes/ --layer 13                      # benchmark scenes: the bundled model
-    fgcam evaluate --model bundled --data benchmark:test --num-images 8   # the evaluation runner
-    fgcam --help
 
 ``explain`` writes, per image, ``<stem>_<method>_<layer>.png`` (the image, the map over it
 with a colourbar, a title naming method, layer, class and probability) and
@@ -14,7 +12,9 @@ classes. A missing or unreadable file is reported on one line and the others sti
 the exit status is 1 if any image failed, 2 for a usage error (unknown model, method or
 layer, missing weights).
 
-In Python: ``from fgcam_lib.ui.cli import main; main(["explain", "cat.jpg", "--out", "out"])``.
+The ``fgcam`` command itself (and ``fgcam evaluate``) is :mod:`fgcam_lib.cli`, which adds these
+commands to its parser (:func:`add_commands`) and runs them. In Python:
+``from fgcam_lib.cli import main; main(["explain", "cat.jpg", "--out", "out"])``.
 """
 from __future__ import annotations
 
@@ -29,21 +29,23 @@ from typing import TYPE_CHECKING, Any, Sequence
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["main", "build_parser", "explain_files", "expand_images", "write_scenes"]
+__all__ = ["add_commands", "run", "explain_files", "expand_images", "write_scenes"]
 
 GLOB_CHARS = set("*?[")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``fgcam`` parser with its ``explain`` and ``evaluate`` commands."""
+def _at_least_one(text: str) -> int:
+    """``--top``'s type: a usage error (exit status 2) below 1, like any bad flag."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def add_commands(sub: "argparse._SubParsersAction") -> None:
+    """Add the ``explain`` and ``scenes`` commands to the ``fgcam`` parser's subcommands."""
     from ..methods.registry import method_names
 
-    p = argparse.ArgumentParser(
-        prog="fgcam",
-        description="FG-CAM workbench: fine-grained CAM explanations and LRP for CNNs.",
-        epilog="`fgcam explain --help` and `fgcam evaluate --help` describe each command.",
-    )
-    sub = p.add_subparsers(dest="command", metavar="{explain,scenes,evaluate}")
     ex = sub.add_parser(
         "explain", help="explain image files: an overlay PNG and the raw map (.npy) per image, top-5 classes",
         description="Explain image files with one method at one layer. Writes <stem>_<method>_<layer>.png "
@@ -75,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--upsample", action="store_true",
                     help="save the .npy map at the image's own H x W (bilinear) instead of the layer's h x w")
     ex.add_argument("--out", default="explanations", help="output folder, created if missing (default: explanations)")
-    ex.add_argument("--top", type=int, default=5, help="how many top classes to print (default: 5)")
+    ex.add_argument("--top", type=_at_least_one, default=5, help="how many top classes to print (default: 5)")
     ex.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     sc = sub.add_parser("scenes", help="write benchmark scenes as PNG files (tagged, so explain uses the bundled model)",
                         description="Write scenes of the synthetic benchmark as PNG files <split>_<index>_<class>.png.")
@@ -84,10 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--seed", type=int, default=0, help="scene seed (default: 0, the bundled models' test scenes)")
     sc.add_argument("--size", type=int, default=96, help="side in pixels (default: 96, the bundled models' input)")
     sc.add_argument("--out", default="scenes", help="output folder (default: scenes)")
-    sub.add_parser("evaluate", add_help=False,
-                   help="faithfulness and localization metrics over a data set (the evaluation runner; "
-                        "`fgcam evaluate --help` lists its options)")
-    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the parsed ``explain`` or ``scenes`` command; its exit status."""
+    return write_scenes(args) if args.command == "scenes" else explain_files(args)
 
 
 def _error(message: str) -> None:
@@ -102,7 +105,7 @@ def expand_images(specs: Sequence[str]) -> tuple[list[Path], list[str]]:
 
         >>> files, problems = expand_images(["cat.jpg", "photos/", "more/*.png"])
     """
-    from ..data.images import image_extensions
+    from ..data.readers import image_extensions
 
     exts = image_extensions()
     files: list[Path] = []
@@ -153,7 +156,7 @@ class _Job:
 
 def _build(args: argparse.Namespace) -> _Job:
     """Model and explainer; raises ValueError / WeightsNotFoundError with a one-line reason."""
-    from .. import load_model
+    from ..data.models import load_model
     from ..methods.registry import METHODS, label, make_explainer, method_layers, supports
 
     extra: dict[str, float] = {}
@@ -213,7 +216,7 @@ def _explain_one(job: _Job, path: Path, out: Path, used: set[str]) -> list[Path]
     import numpy as np
     import torch
 
-    from ..data.images import load_image
+    from ..data.readers import load_image
 
     image = load_image(path)
     x = job.preprocess(image).to(job.args.device)
@@ -277,25 +280,6 @@ def explain_files(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``fgcam`` console script; returns the exit status."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "evaluate":
-        from ..evaluation.cli import main as evaluate
-
-        return evaluate(argv[1:])
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 2
-    if args.command == "scenes":
-        return write_scenes(args)
-    if args.top < 1:
-        parser.error("--top must be at least 1")
-    return explain_files(args)
-
-
 def write_scenes(args: argparse.Namespace) -> int:
     """``fgcam scenes``: benchmark scenes as tagged PNG files; the exit status."""
     from ..data.scenes import SyntheticScenes
@@ -307,7 +291,3 @@ def write_scenes(args: argparse.Namespace) -> int:
         return 2
     print(f"wrote {len(paths)} scene(s) to {Path(args.out)}{os.sep}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

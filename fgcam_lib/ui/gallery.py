@@ -99,7 +99,7 @@ def default_images(size: int, photos_first: bool = False) -> list[tuple[str, Ten
 
 def as_image_tensor(image: Any) -> Tensor:
     """3 x H x W float in [0, 1] from a tensor (3 x H x W, 1 x 3 x H x W, uint8), a PIL image or a path."""
-    from ..data.images import load_image
+    from ..data.readers import load_image
 
     if isinstance(image, (str, Path)) or hasattr(image, "convert"):
         return load_image(image)

@@ -2,6 +2,7 @@
 :meth:`Explorer.update`.
 
     >>> from fgcam_lib.ui.widgets import Explorer
+    >>> from fgcam_lib.ui.gallery import model_menu
     >>> app = Explorer(model, preprocess)              # benchmark scenes + bundled photos
     >>> app.show()                                     # JupyterLab: the interactive app
     >>> lab = app.fork()                               # headless states that leave the app alone
@@ -22,14 +23,8 @@ import io
 from typing import Any, Callable, Sequence
 
 from . import explorer as core
-from .explorer import ExplorerFigure
-from .gallery import model_menu
-from .settings import METHODS, PREDICTED, RULES, Settings, fraction_choices, parse_method, pool_layers
 
-__all__ = [
-    "Explorer", "ExplorerView", "ExplorerFigure", "Settings", "METHODS", "RULES", "PREDICTED",
-    "parse_method", "pool_layers", "fraction_choices", "model_menu",
-]
+__all__ = ["Explorer", "ExplorerView"]
 
 #: controls bound to a setting of the same name
 _BOUND = ("model", "image", "target", "method", "base", "layer", "rules", "denoise", "fraction", "signed")

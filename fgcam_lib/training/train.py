@@ -1,9 +1,9 @@
 """Train the bundled benchmark models on synthetic scenes, resumably.
 
-    python -m fgcam_lib.data.train --help
-    python -m fgcam_lib.data.train --recipe bundled_resnet              # a named recipe (TRAINING.md)
-    python -m fgcam_lib.data.train --recipe bundled_resnet --resume     # continue from <out>.ckpt
-    python -m fgcam_lib.data.train --tiny --out /tmp/tiny.pt            # seconds, for tests
+    python -m fgcam_lib.training --help
+    python -m fgcam_lib.training --recipe bundled_resnet              # a named recipe (TRAINING.md)
+    python -m fgcam_lib.training --recipe bundled_resnet --resume     # continue from <out>.ckpt
+    python -m fgcam_lib.training --tiny --out /tmp/tiny.pt            # seconds, for tests
 
 A run is described by a :class:`TrainConfig` (the command line only fills one in).
 Architectures: ``bundled`` (VGG16-BN layout, global pool + one linear layer),
@@ -18,8 +18,7 @@ generated data -- goes to ``<out>.ckpt``; ``--resume`` continues from it. Writes
 ``<out>`` (state dict + card) and ``<out>.json`` (the card: architecture, data, recipe,
 cost, measured held-out accuracies, fingerprint) when the run finishes.
 
-The config, recipes and flags live in :mod:`fgcam_lib.data.recipes`, the checkpoint
-in :mod:`fgcam_lib.data.checkpoint`; their names are re-exported here.
+The config, recipes and flags live in :mod:`.recipes`, the checkpoint in :mod:`.checkpoint`.
 """
 from __future__ import annotations
 
@@ -36,25 +35,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..evaluation.store import model_fingerprint
+from ..data.fingerprint import model_fingerprint
+from ..data.models import IMAGENET_MEAN, IMAGENET_STD, build_bundled
+from ..data.scenes import CLASSES, SyntheticScenes
 from .checkpoint import (TrainingStopped, TrainState, checkpoint_path, load_checkpoint, log, restore,
                          resumed_config, save_checkpoint)
-from .models import IMAGENET_MEAN, IMAGENET_STD, build_bundled
-from . import recipes as _recipes
-from .recipes import RECIPES, TINY, TrainConfig, parse_config
-from .scenes import CLASSES, SyntheticScenes
+from .recipes import TrainConfig, parse_config
 
 __all__ = [
-    "TrainConfig", "RECIPES", "TINY", "OneCycle", "TrainState", "TrainingStopped", "SceneData",
-    "train", "main", "parse_config", "make_data", "make_model", "train_epoch", "evaluate", "write_card",
-    "save_checkpoint", "load_checkpoint", "checkpoint_path", "normalise", "soft_targets", "predict",
-    "top1_accuracy", "pairs_top2", "one_cycle", "scenes_tensors", "log", "resumed_config", "restore",
+    "OneCycle", "SceneData", "train", "main", "make_data", "make_model", "train_epoch", "evaluate", "write_card",
+    "normalise", "soft_targets", "predict", "top1_accuracy", "pairs_top2", "one_cycle", "scenes_tensors",
 ]
-
-# private names that lived here before the split, for code that imported them from here
-_resumed_config, _restore, _coerce, _HELP = resumed_config, restore, _recipes._coerce, _recipes._HELP
-_FIELD_TYPES, _PATH_FIELDS = _recipes._FIELD_TYPES, _recipes._PATH_FIELDS
-_FIELD_NAMES, _RESULT_FIELDS = _recipes._FIELD_NAMES, _recipes._RESULT_FIELDS
 
 
 # ------------------------------------------------------------------ helpers -----------
@@ -445,12 +436,4 @@ def train(cfg: TrainConfig, command: str = "") -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Command-line entry: parse into a :class:`TrainConfig` and train."""
     args = list(sys.argv[1:] if argv is None else argv)
-    return train(parse_config(args), command="python -m fgcam_lib.data.train " + " ".join(args))
-
-
-if __name__ == "__main__":
-    try:
-        main()
-    except TrainingStopped as stop:
-        log(str(stop))
-        sys.exit(3)
+    return train(parse_config(args), command="python -m fgcam_lib.training " + " ".join(args))

@@ -1,6 +1,6 @@
 """The typed training config, the named recipes and the command line that fills a config in.
 
-A run of :mod:`fgcam_lib.data.train` is one :class:`TrainConfig`; :data:`RECIPES` are
+A run of :mod:`fgcam_lib.training.train` is one :class:`TrainConfig`; :data:`RECIPES` are
 named field overrides (TRAINING.md explains each), :data:`TINY` a run of seconds for
 tests, and :func:`parse_config` turns flags into a config (defaults, then ``--recipe`` /
 ``--tiny``, then explicit flags). The field names are stored in checkpoints and cards:
@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .models import BUNDLED_CHECKPOINT, DATA_DIR, scaled_cfg
+from ..data.models import BUNDLED_CHECKPOINT, DATA_DIR, scaled_cfg
 
 __all__ = ["TrainConfig", "RECIPES", "TINY", "parse_config"]
 
@@ -169,7 +169,7 @@ def parse_config(argv: Sequence[str] | None = None) -> TrainConfig:
     >>> parse_config(["--recipe", "bundled_resnet", "--threads", "1"]).arch
     'bundled_resnet'
     """
-    p = argparse.ArgumentParser(prog="python -m fgcam_lib.data.train", description=_DESCRIPTION,
+    p = argparse.ArgumentParser(prog="python -m fgcam_lib.training", description=_DESCRIPTION,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                 argument_default=argparse.SUPPRESS)
     p.add_argument("--recipe", choices=sorted(RECIPES), help="start from a named recipe (TRAINING.md)")
