@@ -5,7 +5,11 @@
     >>> maps = explainer(x, layer="input")          # Tensor[B, H, W]
 """
 from .methods.base import Explainer, Explanation
-from .methods.cam import GradCAM, GradCAMpp, LayerCAM, ScoreCAM, XGradCAM
+from .methods.bases import CamBase, CamInputs, register_base
+from .methods.cam import CAM, GradCAM, GradCAMpp, LayerCAM, ScoreCAM, XGradCAM
+from .methods.finer import FinerCAM
+from .methods.hirescam import HiResCAM, HiResCAMBase
+from .methods.pgc import PytorchGradCamBase
 from .methods.fgcam import CLRP, FGCAM, LRP, SGLRP, denoise
 from .engine.presets import Preset, canonical, paper
 from .engine.rules import AlphaBeta, Epsilon, Flat, Gate, Pass, PoolZ, Route, Split, Sum, WSquare, ZBeta, ZPlus
@@ -41,6 +45,7 @@ def show(x, maps, preprocess=None, **kwargs):
 
 __all__ = [
     "FGCAM", "GradCAM", "ScoreCAM", "GradCAMpp", "XGradCAM", "LayerCAM", "LRP", "CLRP", "SGLRP",
+    "CAM", "CamBase", "CamInputs", "register_base", "HiResCAM", "HiResCAMBase", "FinerCAM", "PytorchGradCamBase",
     "Explainer", "Explanation", "denoise", "load_model", "coverage", "show",
     "Preset", "paper", "canonical",
     "ZPlus", "ZBeta", "Epsilon", "AlphaBeta", "Flat", "WSquare", "Pass", "PoolZ", "Sum", "Gate", "Route", "Split",

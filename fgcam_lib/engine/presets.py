@@ -165,7 +165,7 @@ def get_preset(
     if isinstance(rules, str):
         if rules not in PRESETS:
             raise ValueError(f"unknown rules {rules!r}; use one of {sorted(PRESETS)}, a Preset or a dict")
-        return PRESETS[rules](mean=mean, std=std)
+        return PRESETS[rules](mean, std)
     if isinstance(rules, Mapping):
         return paper().with_rules(dict(rules))
     raise TypeError(f"rules must be a name, a Preset or a dict, not {type(rules).__name__}")
