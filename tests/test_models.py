@@ -10,6 +10,7 @@ import torch.nn as nn
 import torchvision
 
 from fgcam_lib.data import models
+from fgcam_lib.engine.presets import IMAGENET_MEAN, IMAGENET_STD
 from fgcam_lib.data.models import (BUNDLED_CHECKPOINT, BUNDLED_MODELS, BundledResNet, BundledVGG, BundledVGGFC,
                                    Preprocess, WeightsNotFoundError, bundled_paths, load_model, model_card,
                                    scaled_cfg)
@@ -71,7 +72,7 @@ def test_torchvision_weights_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(models.torch, "load", lambda f, **kw: state if Path(f) == path else None)
     model, pre = load_model("vgg11", weights=path)
     assert isinstance(model, torchvision.models.VGG) and not model.training
-    assert pre.size == 224 and pre.mean == models.IMAGENET_MEAN and pre.std == models.IMAGENET_STD
+    assert pre.size == 224 and pre.mean == IMAGENET_MEAN and pre.std == IMAGENET_STD
     assert len(model.categories) == 1000
     got = model.state_dict()
     assert all(got[k].data_ptr() == v.data_ptr() for k, v in state.items())
@@ -80,7 +81,7 @@ def test_torchvision_weights_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 def test_bundled_random_init() -> None:
     model, pre = load_model("bundled", weights="random")
     assert isinstance(model, BundledVGG) and not model.training
-    assert pre.mean == models.IMAGENET_MEAN and pre.std == models.IMAGENET_STD
+    assert pre.mean == IMAGENET_MEAN and pre.std == IMAGENET_STD
     out = model(pre(torch.rand(2, 3, 50, 70)))
     assert out.shape == (2, len(model_card(model)["classes"]))
 

@@ -23,17 +23,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.models.resnet import BasicBlock, ResNet
 
+from ..engine.presets import IMAGENET_MEAN, IMAGENET_STD
 from .imagenet_models import IMAGENET_MODELS, load_imagenet_model
 
 __all__ = [
     "BundledVGG", "BundledVGGFC", "BundledResNet", "BUNDLED_MODELS", "build_bundled", "bundled_paths",
     "Preprocess", "WeightsNotFoundError", "load_model", "model_card", "bundled_classes",
     "VGG16_CFG", "TORCHVISION_VGGS", "TORCHVISION_CNNS", "MODEL_NAMES", "BUNDLED_CHECKPOINT", "BUNDLED_CARD",
-    "IMAGENET_MEAN", "IMAGENET_STD",
 ]
 
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "data"  # the repository's data/ folder
 BUNDLED_CHECKPOINT = DATA_DIR / "bundled_vgg16bn.pt"

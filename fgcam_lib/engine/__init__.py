@@ -13,7 +13,8 @@ from .rules import (AlphaBeta, Epsilon, Flat, Gate, HeldMatmul, MultiRule, Pass,
                     WSquare, ZBeta, ZPlus, channel_bounds, image_bounds)
 from .tracing import LEAVES, chain_graph, fx_graph, graph_of, register_leaf
 from .weighted import Weighted, fold_bn, register_conv_leaf, weighted_of
-from .walk import Trace, Walk, eval_mode, forward, plan, propagate
+from .ops import eval_mode
+from .walk import Trace, Walk, forward, plan, propagate
 
 __all__ = [
     "INPUT", "Graph", "Node", "graph_of", "fx_graph", "chain_graph", "is_vgg_style", "kind_of",

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from .ops import CallOp
+from .ops import CallOp, eval_mode
 
 __all__ = ["INPUT", "Node", "Graph", "run_shapes"]
 
@@ -208,22 +208,17 @@ class Graph:
         forward on fake tensors (no data, no compute), modules in eval mode; cached per size."""
         if size not in self._shapes:
             modules = {id(n.module): n.module for n in self.nodes if n.module is not None}
-            flags = [(m, m.training) for m in modules.values()]
             shapes: dict[int, Any] = {}
             quiet = logging.getLogger("torch._subclasses.fake_tensor")
             level = quiet.level
             try:
                 quiet.setLevel(logging.CRITICAL)  # an op fake tensors cannot run is an answer here, not an error
-                for m in modules.values():
-                    m.training = False
-                with torch.no_grad(), FakeTensorMode(allow_non_fake_inputs=True):
+                with eval_mode(modules.values()), torch.no_grad(), FakeTensorMode(allow_non_fake_inputs=True):
                     run_shapes(self, torch.empty(1, self.input_channels or 3, size, size), shapes)
             except Exception:  # an op fake tensors cannot run: the shapes found so far
                 pass
             finally:
                 quiet.setLevel(level)
-                for m, flag in flags:
-                    m.training = flag
             self._shapes[size] = shapes
         return self._shapes[size]
 

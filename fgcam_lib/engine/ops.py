@@ -7,17 +7,33 @@ kind: :data:`fgcam_lib.engine.kinds.KINDS`.
 """
 from __future__ import annotations
 
+import contextlib
 import weakref
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["is_vgg_style", "ModuleOp", "CallOp", "ConstOp", "Slot", "channels_last_on_cpu", "fill", "map_slots",
+__all__ = ["eval_mode", "is_vgg_style", "ModuleOp", "CallOp", "ConstOp", "Slot", "channels_last_on_cpu", "fill", "map_slots",
            "module_call", "method_call", "qualname"]
 
 Tensor = torch.Tensor
+
+
+@contextlib.contextmanager
+def eval_mode(modules: nn.Module | Iterable[nn.Module]) -> Iterator[Any]:
+    """Every module (of a model, or of an iterable) in eval mode; each module's own training
+    flag restored afterwards, so a model that was half in train mode comes back as it was."""
+    every = list(modules.modules()) if isinstance(modules, nn.Module) else list(modules)
+    flags = [(m, m.training) for m in every]
+    try:
+        for m in every:
+            m.training = False
+        yield modules
+    finally:
+        for m, flag in flags:
+            m.training = flag
 
 
 def is_vgg_style(model: nn.Module) -> bool:

@@ -18,7 +18,8 @@ from .dag import INPUT, Graph
 from .presets import Preset, bind, get_preset
 from .rules_base import Missing
 from .tracing import graph_of
-from .walk import eval_mode, forward, plan, propagate
+from .ops import eval_mode
+from .walk import forward, plan, propagate
 
 __all__ = ["coverage", "residual_flow", "residual_roles", "ResidualRoles"]
 

@@ -28,13 +28,9 @@ from torch import nn
 
 from .dag import INPUT, Graph, Node
 from .kinds import CONST, function_kind, kind_of, method_kind
-from .ops import CallOp, ConstOp, ModuleOp, Slot, is_vgg_style, method_call, module_call, qualname
+from .ops import CallOp, ConstOp, ModuleOp, Slot, eval_mode, is_vgg_style, method_call, module_call, qualname
 
 __all__ = ["LEAVES", "register_leaf", "fx_graph", "chain_graph", "graph_of"]
-
-
-def _eval_flags(model: nn.Module):
-    return [(m, m.training) for m in model.modules()]
 
 
 def _scope(node: fx.Node) -> str:
@@ -109,9 +105,7 @@ def _failing_module(model: nn.Module, exc: BaseException) -> str:
 def _trace(model: nn.Module) -> fx.Graph:
     """Trace in eval mode (restored afterwards): the plain tracer with :data:`LEAVES`, then, if that
     fails, also with the leaves the model's library registers for fx."""
-    flags = _eval_flags(model)
-    try:
-        model.eval()
+    with eval_mode(model):
         try:
             return _Tracer().trace(model)
         except Exception as exc:  # fx raises many types; the reason is what matters
@@ -128,9 +122,6 @@ def _trace(model: nn.Module) -> fx.Graph:
                 if where else "; explainers need a model fx can trace, or an nn.Sequential")
         raise TypeError(f"{type(model).__name__} cannot be traced by torch.fx ({type(first).__name__}: "
                         f"{reason}){hint}") from None
-    finally:
-        for m, flag in flags:
-            m.training = flag
 
 
 def fx_graph(model: nn.Module) -> Graph:

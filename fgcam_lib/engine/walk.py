@@ -15,12 +15,10 @@ returns the relevance at every stop from that one walk.
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable
 
 import torch
-from torch import nn
 
 from .dag import INPUT, Graph
 from .ops import CallOp
@@ -29,7 +27,7 @@ from .rules_base import Missing, MultiRule
 
 Tensor = torch.Tensor
 
-__all__ = ["Trace", "Walk", "plan", "forward", "propagate", "eval_mode"]
+__all__ = ["Trace", "Walk", "plan", "forward", "propagate"]
 
 
 @dataclass
@@ -218,15 +216,3 @@ def propagate(
             out[s] = got if got is not None else torch.zeros(trace.shapes[s], dtype=relevance.dtype,
                                                               device=relevance.device)
     return out
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put every module in eval mode; restore each module's own flag afterwards."""
-    flags = [(m, m.training) for m in model.modules()]
-    try:
-        model.eval()
-        yield model
-    finally:
-        for m, flag in flags:
-            m.training = flag

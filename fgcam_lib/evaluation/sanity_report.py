@@ -22,7 +22,6 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -48,7 +47,8 @@ def stage_groups(model: nn.Module, size: int = 224) -> list[list[str]]:
         ['fc', 'layer4.1.conv2', 'layer3.1.conv2']
     """
     from ..engine.graph import graph_of
-    from ..engine.walk import eval_mode, forward
+    from ..engine.ops import eval_mode
+    from ..engine.walk import forward
 
     groups = S.randomization_groups(model, by="conv")
     linear = [g for g in groups if isinstance(model.get_submodule(g[0]), nn.Linear)]

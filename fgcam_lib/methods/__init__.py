@@ -12,9 +12,10 @@ from .cam import CAM
 from .finer import FinerCAM  # registers "finer_cam"
 from .hirescam import HiResCAM, HiResCAMBase  # registers "hires_cam"
 from .pgc import PytorchGradCamBase
-from .registry import (FAMILIES, METHODS, PAPER_CAM_METHODS, PAPER_INPUT_METHODS, MethodSpec, is_input_layer,
-                       is_signed, label, make_explainer, method_layers, method_names, normalization, paper_layers,
-                       supports)
+from ..catalogue import is_input_layer
+from .base import normalization
+from .registry import (FAMILIES, METHODS, PAPER_CAM_METHODS, PAPER_INPUT_METHODS, MethodSpec, is_signed, label,
+                       make_explainer, method_layers, method_names, paper_layers, supports)
 
 __all__ = [
     "MethodSpec", "METHODS", "FAMILIES", "PAPER_CAM_METHODS", "PAPER_INPUT_METHODS", "make_explainer",

@@ -33,9 +33,23 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..engine.graph import INPUT, Graph, graph_of
-from ..engine.walk import eval_mode
+from ..engine.ops import eval_mode
+from ..engine.presets import IMAGENET_MEAN, IMAGENET_STD
 
-__all__ = ["Explainer", "Explanation", "resolve_target", "resize_maps", "PIXEL_RANGE_LIMIT", "NORMALISED_RANGE_LIMIT"]
+__all__ = ["Explainer", "Explanation", "normalization", "resolve_target", "resize_maps", "PIXEL_RANGE_LIMIT", "NORMALISED_RANGE_LIMIT"]
+
+
+def normalization(model: nn.Module | None = None, preprocess: object = None) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``(mean, std)`` the model's inputs were normalised with.
+
+    From ``preprocess.mean/.std`` if given, else the bundled model's card, else ImageNet's.
+    """
+    if preprocess is not None and hasattr(preprocess, "mean") and hasattr(preprocess, "std"):
+        return tuple(preprocess.mean), tuple(preprocess.std)
+    card = getattr(model, "card", None) or {}
+    if "mean" in card and "std" in card:
+        return tuple(card["mean"]), tuple(card["std"])
+    return IMAGENET_MEAN, IMAGENET_STD
 
 Tensor = torch.Tensor
 LayerSpec = Union[int, str]

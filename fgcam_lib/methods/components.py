@@ -26,7 +26,8 @@ import torch
 
 from .base import LayerSpec, Target, resolve_target
 from .fgcam import FGCAM, denoise, denoise_rank
-from ..engine.walk import Trace, eval_mode
+from ..engine.ops import eval_mode
+from ..engine.walk import Trace
 
 Tensor = torch.Tensor
 

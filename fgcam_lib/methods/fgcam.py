@@ -11,11 +11,11 @@ from typing import Mapping, NamedTuple, Sequence
 
 import torch
 
-from .base import Explainer, Target, resolve_target
+from .base import Explainer, Target, resolve_target, normalization
 from .bases import CAM_BASES, CamBase, CamInputs, GradientSource, components_of, make_base, needs_gradients
 from .cam import GRADIENT_WEIGHTS, ScoreCAMBase
 from ..engine.graph import INPUT
-from ..engine.presets import IMAGENET_MEAN, IMAGENET_STD, Preset, bind, get_preset
+from ..engine.presets import Preset, bind, get_preset
 from ..engine.rules import Rule
 from ..engine.walk import Trace, forward, plan, propagate
 
@@ -77,9 +77,9 @@ class _Propagating(Explainer):
     ):
         super().__init__(model)
         # the input normalisation sets the canonical z-beta bounds: the model card's, else ImageNet's
-        card = getattr(model, "card", {}) or {}
-        mean = mean if mean is not None else card.get("mean", IMAGENET_MEAN)
-        std = std if std is not None else card.get("std", IMAGENET_STD)
+        known_mean, known_std = normalization(model)
+        mean = mean if mean is not None else known_mean
+        std = std if std is not None else known_std
         self.preset = get_preset(rules, mean, std)
         self.preset.check_keys(self.graph)
 

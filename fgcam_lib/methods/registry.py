@@ -33,17 +33,17 @@ from typing import Any, Callable, Mapping, Sequence
 
 from torch import nn
 
-from .base import Explainer
+from .base import Explainer, normalization
 from .cam import GradCAM, GradCAMpp, LayerCAM, ScoreCAM, XGradCAM
 from .fgcam import CLRP, FGCAM, LRP, SGLRP
-from ..catalogue import METHOD_LABELS
+from ..catalogue import METHOD_LABELS, is_input_layer
 from ..engine.graph import INPUT, Graph, graph_of
-from ..engine.presets import IMAGENET_MEAN, IMAGENET_STD
+from ..engine.ops import eval_mode
 
 __all__ = [
     "MethodSpec", "METHODS", "FAMILIES", "PAPER_CAM_METHODS", "PAPER_INPUT_METHODS",
-    "make_explainer", "method_layers", "supports", "is_signed", "is_input_layer", "label",
-    "method_names", "normalization", "paper_layers",
+    "make_explainer", "method_layers", "supports", "is_signed", "label",
+    "method_names", "paper_layers", "resolution_layers",
 ]
 
 FAMILIES: tuple[str, ...] = ("cam", "fgcam", "lrp")
@@ -162,19 +162,6 @@ def label(name: str) -> str:
     return _spec(name).label
 
 
-def normalization(model: nn.Module | None = None, preprocess: Any = None) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """``(mean, std)`` the model's inputs were normalised with.
-
-    From ``preprocess.mean/.std`` if given, else the bundled model's card, else ImageNet's.
-    """
-    if preprocess is not None and hasattr(preprocess, "mean") and hasattr(preprocess, "std"):
-        return tuple(preprocess.mean), tuple(preprocess.std)
-    card = getattr(model, "card", None) or {}
-    if "mean" in card and "std" in card:
-        return tuple(card["mean"]), tuple(card["std"])
-    return IMAGENET_MEAN, IMAGENET_STD
-
-
 def make_explainer(
     name: str,
     model: nn.Module,
@@ -201,6 +188,28 @@ def make_explainer(
     return spec.build(model, mean, std, **{**spec.defaults, **overrides})
 
 
+def resolution_layers(model: nn.Module, size: int = 224) -> list[tuple[int, str]]:
+    """``(stride, layer)`` for the layers a reader looks at, deepest first, one per resolution of a
+    ``size`` px input (:meth:`~fgcam_lib.engine.dag.Graph.stages`: the pools on VGG-style models,
+    the stage outputs elsewhere); ``stride`` is the input side over the layer's, a power of two.
+
+    Example:
+        >>> resolution_layers(torchvision.models.resnet18())[:2]
+        [(32, 'layer4'), (16, 'layer3')]
+    """
+    import math
+
+    import torch
+
+    from ..engine.walk import forward
+
+    graph = graph_of(model)
+    x = torch.zeros(1, graph.input_channels or 3, size, size, device=next(model.parameters()).device)
+    with torch.no_grad(), eval_mode(model):
+        shapes = forward(graph, x).shapes
+    return [(2 ** round(math.log2(size / int(shapes[p][-1]))), graph.name(p)) for p in graph.stages(shapes)]
+
+
 def paper_layers(model: nn.Module, size: int = 224) -> list[str]:
     """The paper's three CAM layers on ``model``: ``["33", "23", "13"]`` on VGG16-BN's layout
     (the max-pools at 1/16, 1/8, 1/4 of the input); elsewhere the layers at those resolutions
@@ -210,31 +219,15 @@ def paper_layers(model: nn.Module, size: int = 224) -> list[str]:
         >>> paper_layers(torchvision.models.resnet50())
         ['layer3', 'layer2', 'layer1']
     """
-    import torch
-
-    from ..engine.walk import eval_mode, forward
-
     graph = graph_of(model)
     if graph.vgg_style and graph.n_features == 44:
         return ["33", "23", "13"]
-    x = torch.zeros(1, graph.input_channels or 3, size, size, device=next(model.parameters()).device)
-    with torch.no_grad(), eval_mode(model):
-        shapes = forward(graph, x).shapes
-    import math
-
-    by_stride = {2 ** round(math.log2(size / int(shapes[p][-1]))): p for p in graph.stages(shapes)}
+    by_stride = dict(resolution_layers(model, size))
     missing = [s for s in (16, 8, 4) if s not in by_stride]
     if missing:
         raise ValueError(f"{type(model).__name__} has no stage output at 1/{missing[0]} of a {size} px input; "
                          "name the layers")
-    return [graph.name(by_stride[s]) for s in (16, 8, 4)]
-
-
-def is_input_layer(layer: int | str) -> bool:
-    """True for the layer specs that name the input image (``"input"``, ``-1``, ``"-1"``)."""
-    if isinstance(layer, bool):
-        return False
-    return layer in ("input", -1, "-1")
+    return [by_stride[s] for s in (16, 8, 4)]
 
 
 def is_signed(name: str, layer: int | str) -> bool:

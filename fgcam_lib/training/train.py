@@ -36,7 +36,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..data.fingerprint import model_fingerprint
-from ..data.models import IMAGENET_MEAN, IMAGENET_STD, build_bundled
+from ..data.models import build_bundled
+from ..engine.presets import IMAGENET_MEAN, IMAGENET_STD
 from ..data.scenes import CLASSES, SyntheticScenes
 from .checkpoint import (TrainingStopped, TrainState, checkpoint_path, load_checkpoint, log, restore,
                          resumed_config, save_checkpoint)

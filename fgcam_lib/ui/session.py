@@ -32,7 +32,8 @@ from torch import nn
 
 from ..catalogue import layer_label
 from ..engine.graph import Graph, graph_of
-from ..engine.walk import eval_mode, forward
+from ..engine.ops import eval_mode
+from ..engine.walk import forward
 from ..methods.base import Explainer, Explanation
 from ..methods.components import TopComponents
 from ..methods.fgcam import FGCAM, denoise

@@ -14,13 +14,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import nn
 
 from ..catalogue import method_label
 from ..engine.graph import graph_of
-from ..engine.walk import eval_mode, forward
 from ..methods.fgcam import BASES, denoise_rank
+from ..methods.registry import resolution_layers
 
 __all__ = [
     "Settings", "Control", "KEEP", "PREDICTED", "METHODS", "CAMS", "LRPS", "RULES", "DEFAULT_MODEL",
@@ -108,22 +107,14 @@ def registry_name(method: str, base: str = "grad_cam") -> str:
 
 
 def pool_layers(model: nn.Module, size: int = 224) -> list[int | str]:
-    """The layers the explorer offers, deepest first, then ``"input"``.
-
-    VGG-style models: the pools as ``model.features`` indices (``[43, 33, 23, 13, 6, "input"]``);
-    other models: the deepest layer at each resolution, by name (ResNet: ``"layer4"`` ...
-    ``"layer1"``, the stem), found with one forward of a ``size`` x ``size`` input.
+    """The layers the explorer offers, deepest first, then ``"input"``: those of
+    :func:`~fgcam_lib.methods.registry.resolution_layers`, VGG-style pools as ``model.features``
+    indices (``[43, 33, 23, 13, 6, "input"]``), other layers by name (ResNet: ``"layer4"`` ...
+    ``"layer1"``, the stem).
     """
-    graph = graph_of(model)
-    shapes: dict = {}
-    if not graph.vgg_style:
-        x = torch.zeros(1, graph.input_channels or 3, size, size, device=next(model.parameters()).device)
-        with torch.no_grad(), eval_mode(model):
-            shapes = forward(graph, x).shapes
-    out: list[int | str] = []
-    for p in graph.stages(shapes):
-        name = graph.name(p)
-        out.append(int(name.split(".")[1]) if graph.vgg_style and name.startswith("features.") else name)
+    vgg = graph_of(model).vgg_style
+    out: list[int | str] = [int(name.split(".")[1]) if vgg and name.startswith("features.") else name
+                            for _, name in resolution_layers(model, size)]
     return out + ["input"]
 
 

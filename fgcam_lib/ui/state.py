@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 from ..catalogue import layer_label, method_label
 from ..methods.fgcam import BASES, denoise_rank
-from ..methods.registry import is_input_layer
+from ..catalogue import is_input_layer
 from .gallery import model_label
 from .session import ModelEntry, Session
 from .settings import CAMS, KEEP, METHODS, PREDICTED, RULES, Control, Settings, fraction_choices, parse_method
