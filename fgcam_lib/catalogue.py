@@ -23,7 +23,7 @@ __all__ = [
     "MetricSpec", "METRICS", "METRIC_GROUPS", "METRIC_LABELS", "HIGHER_IS_BETTER", "PERCENT_METRICS",
     "metric_spec", "metric_label", "metric_axis_label", "metric_digits", "group_of",
     "PAPER_LAYERS", "is_input_layer", "layer_key", "layer_label",
-    "format_ci",
+    "format_ci", "format_difference", "difference_verdict",
 ]
 
 # ------------------------------------------------------------------------------ methods
@@ -192,3 +192,21 @@ def format_ci(mean: float, low: float, high: float, digits: int = 4) -> str:
     if low is None or high is None or not (math.isfinite(low) and math.isfinite(high)):
         return f"{mean:.{digits}f}"
     return f"{mean:.{digits}f} ± {(high - low) / 2:.{digits}f}"
+
+
+def format_difference(diff: float, low: float, high: float, digits: int = 3) -> str:
+    """A paired difference with its interval, signed: ``"+0.012 [-0.003, +0.027]"``."""
+    return f"{diff:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]"
+
+
+def difference_verdict(low: float, high: float, higher_is_better: bool = True,
+                       words: tuple[str, str, str] = ("better", "worse", "within noise")) -> str:
+    """What a difference's interval says: ``words[0]`` when it excludes 0 on the better side
+    (above 0 for a metric where higher is better), ``words[1]`` on the worse side, else ``words[2]``.
+
+        >>> difference_verdict(0.01, 0.05), difference_verdict(0.01, 0.05, higher_is_better=False)
+        ('better', 'worse')
+    """
+    if low <= 0 <= high:
+        return words[2]
+    return words[0] if (low > 0) == higher_is_better else words[1]

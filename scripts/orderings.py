@@ -7,9 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
-
-from fgcam_lib.evaluation.published import check_orderings, orderings_table
+from fgcam_lib.evaluation.claims import check_orderings, orderings_table
 from fgcam_lib.evaluation.store import read_results
 
 #: bundled model -> (checkpoint fingerprint, its CAM layers at 1/16, 1/8, 1/4 of the input)

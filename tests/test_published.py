@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
+import fgcam_lib.evaluation.claims as C
 import fgcam_lib.evaluation.published as P
 from fgcam_lib.data.fingerprint import model_fingerprint
 from fgcam_lib.evaluation.store import results_path, stored_prefix
@@ -60,7 +61,7 @@ def test_published_wide_has_the_papers_layout():
 
 
 def test_every_claim_is_backed_by_the_papers_own_numbers():
-    for c in P.CLAIMS:
+    for c in C.CLAIMS:
         a, b = P.published_value(*c.a, c.metric), P.published_value(*c.b, c.metric)
         assert (a < b) if c.lower_is_better else (a > b), c.describe()
         assert c.table in P.TABLE_SOURCES
@@ -113,19 +114,19 @@ def test_check_claims_verdicts_are_paired_and_directional():
         ("fg_grad_cam", "13", "average_drop"): list(base * 100 + 5),  # higher A.D. is worse: reversed
         ("grad_cam", "13", "average_drop"): list(base * 100),
     })
-    out = P.check_claims(df).set_index("claim")
+    out = C.check_claims(df).set_index("claim")
     holds = out.loc["FG-Grad-CAM@Layer13 > Grad-CAM@Layer13 on Over-all"]
     assert holds["verdict"] == "holds" and holds["clear"] and holds["n"] == 20
     assert holds["advantage"] == pytest.approx(0.3)
     rev = out.loc["FG-Grad-CAM@Layer13 < Grad-CAM@Layer13 on A.D."]
     assert rev["verdict"] == "reversed" and rev["clear"] and rev["advantage"] == pytest.approx(-5.0)
-    assert (out["verdict"] == "not evaluated").sum() == len(P.CLAIMS) - 2
+    assert (out["verdict"] == "not evaluated").sum() == len(C.CLAIMS) - 2
 
 
 def test_pairwise_agreement_is_perfect_on_the_papers_numbers():
     pub = P.published(2)
     df = _rows({(m, l, k): [v, v] for _, m, _, l, k, v in pub.itertuples(index=False)})
-    agree = P.pairwise_agreement(df, 2)
+    agree = C.pairwise_agreement(df, 2)
     assert (agree["share"] == 1.0).all() and np.allclose(agree["kendall_tau"], 1.0)
     assert (agree["pairs"] == 21).all()
 
@@ -185,12 +186,12 @@ def test_orderings_on_a_resnets_layers_and_per_split():
     base = rng.uniform(0.1, 0.3, 12)
     test_rows = _rows({("fg_grad_cam", "layer1", "overall"): list(base + 0.2),
                        ("grad_cam", "layer1", "overall"): list(base)})
-    checked = P.check_orderings(test_rows, None, ["layer3", "layer2", "layer1"])
+    checked = C.check_orderings(test_rows, None, ["layer3", "layer2", "layer1"])
     row = checked.set_index("paper_claim").loc["FG-Grad-CAM@Layer13 > Grad-CAM@Layer13 on Over-all"]
     assert row["claim"] == "FG-Grad-CAM@layer1 > Grad-CAM@layer1 on Over-all"
     assert row["verdict"] == "holds" and row["clear"] and row["advantage"] == pytest.approx(0.2)
     loc = checked[checked["table"].isin([3, 6])]
     assert (loc["verdict"] == "not evaluated").all() and (loc["n"] == 0).all()  # no loc rows: never scored
-    table = P.orderings_table({"resnet": checked})
+    table = C.orderings_table({"resnet": checked})
     assert table.loc["FG-Grad-CAM@Layer13 > Grad-CAM@Layer13 on Over-all", "resnet"].startswith("holds, clear: +0.2")
-    assert (table.loc[table["table"] == 3, "resnet"] == P.NOT_RUN).all()
+    assert (table.loc[table["table"] == 3, "resnet"] == C.NOT_RUN).all()
