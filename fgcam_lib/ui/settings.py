@@ -19,19 +19,21 @@ from torch import nn
 from ..catalogue import method_label
 from ..engine.graph import graph_of
 from ..methods.fgcam import BASES, denoise_rank
-from ..methods.registry import resolution_layers
+from ..methods.registry import PAPER_CAM_METHODS, method_names, resolution_layers
 
 __all__ = [
     "Settings", "Control", "KEEP", "PREDICTED", "METHODS", "CAMS", "LRPS", "RULES", "DEFAULT_MODEL",
     "parse_method", "registry_name", "pool_layers", "fraction_choices",
 ]
 
-#: the explorer's method keys, in the order of its method menu; FG-CAM's base is a separate setting
-_KEYS = ("fg_cam", "grad_cam", "score_cam", "layer_cam", "lrp", "clrp", "sglrp")
+#: the registry's CAMs the paper compares (Grad-CAM, Score-CAM, Layer-CAM) and its LRP family
+CAMS: tuple[str, ...] = tuple(n for n in method_names("cam") if n in PAPER_CAM_METHODS)
+LRPS: tuple[str, ...] = tuple(method_names("lrp"))
+#: the explorer's method keys, in the order of its method menu: FG-CAM (its base a separate
+#: setting, so one entry stands for the registry's fg_* methods), then the registry's names
+_KEYS = ("fg_cam", *CAMS, *LRPS)
 #: method key -> label (the catalogue's), in menu order
 METHODS: dict[str, str] = {k: method_label(k) for k in _KEYS}
-CAMS = ("grad_cam", "score_cam", "layer_cam")
-LRPS = ("lrp", "clrp", "sglrp")
 RULES = ("paper", "canonical")
 #: the class option "the predicted class" (a real value: a menu treats None as "nothing selected")
 PREDICTED = "predicted"
