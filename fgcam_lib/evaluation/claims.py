@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from ..catalogue import METRIC_LABELS, layer_label, method_label
-from .published import (LOWER_IS_BETTER, PAPER_LAYER_KEYS, compare_table, paper_layer_map, published_value, result_cells,
+from ..catalogue import METRIC_LABELS, PAPER_LAYERS, layer_label, method_label
+from .published import (LOWER_IS_BETTER, compare_table, paper_layer_map, published_value, result_cells,
                         to_paper_layers)
 from .stats import bootstrap_ci
 
@@ -61,7 +61,7 @@ class Claim:
 
 def _claims() -> tuple[Claim, ...]:
     out: list[Claim] = []
-    for layer in PAPER_LAYER_KEYS:  # "FG-CAM performs better than other methods in both shallow and intermediate layers"
+    for layer in PAPER_LAYERS:  # "FG-CAM performs better than other methods in both shallow and intermediate layers"
         for fg, base in (("fg_grad_cam", "grad_cam"), ("fg_score_cam", "score_cam")):
             out.append(Claim(1, "average_drop", (fg, layer), (base, layer),
                              "Table 1: FG-CAM has a lower A.D. than its CAM base at every layer"))

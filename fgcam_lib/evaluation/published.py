@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Sequence
 
-from ..catalogue import METRIC_LABELS, METRICS, format_ci, layer_key, layer_label, method_label, metric_digits
+from ..catalogue import METRIC_LABELS, METRICS, PAPER_LAYERS, format_ci, layer_key, layer_label, method_label, metric_digits
 from ..methods.registry import PAPER_CAM_METHODS, PAPER_INPUT_METHODS
 from .tables import TABLES, summarize, table_number
 
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 __all__ = [
     "SOURCE", "PROTOCOL", "LOWER_IS_BETTER", "TABLE_SOURCES",
     "published", "published_value", "published_wide", "compare_table", "format_comparison",
-    "PAPER_LAYER_KEYS", "paper_layer_map", "to_paper_layers", "result_cells",
+    "paper_layer_map", "to_paper_layers", "result_cells",
 ]
 
 SOURCE = ("Qiu, Jin, Zhang. Empowering CAM-based Methods with Capability to Generate Fine-Grained "
@@ -54,9 +54,6 @@ PROTOCOL: dict[str, Any] = {
 #: metrics where a lower value is better (every other one: higher is better; from the catalogue)
 LOWER_IS_BETTER: frozenset[str] = frozenset(k for k, s in METRICS.items() if not s.higher_is_better)
 
-_L = ("33", "23", "13")
-#: the paper's three CAM layers (VGG16-BN's pools at 1/16, 1/8, 1/4 of the input), deepest first
-PAPER_LAYER_KEYS: tuple[str, ...] = _L
 _CAM = PAPER_CAM_METHODS     # grad_cam, fg_grad_cam, fg_grad_cam_denoise, score_cam, fg_score_cam,
                              # fg_score_cam_denoise, layer_cam: the column order of Tables 2 and 3
 _INP = PAPER_INPUT_METHODS   # lrp, clrp, sglrp, fg_grad_cam, fg_grad_cam_denoise, fg_score_cam,
@@ -132,13 +129,13 @@ def _records() -> list[tuple[int, str, str, str, float]]:
     """Every published cell as (table, method, layer, metric, value)."""
     out: list[tuple[int, str, str, str, float]] = []
     for m, by_layer in _TABLE1.items():
-        for layer in _L:
+        for layer in PAPER_LAYERS:
             ad, ai = by_layer[layer]
             out += [(1, m, layer, "average_drop", ad), (1, m, layer, "average_increase", ai)]
-    for layer in _L:
+    for layer in PAPER_LAYERS:
         for metric, values in _TABLE2[layer].items():
             out += [(2, m, layer, metric, v) for m, v in zip(_CAM, values)]
-    for layer in _L:
+    for layer in PAPER_LAYERS:
         out += [(3, m, layer, "proportion", v) for m, v in zip(_CAM, _TABLE3[layer])]
     for number, table in ((4, _TABLE4), (5, _TABLE5), (6, _TABLE6)):
         for metric, values in table.items():
@@ -191,11 +188,11 @@ def paper_layer_map(layers: Sequence[str | int] | None) -> dict[str, str]:
         {'layer3': '33', 'layer2': '23', 'layer1': '13'}
     """
     if layers is None:
-        return {k: k for k in _L}
+        return {k: k for k in PAPER_LAYERS}
     keys = [layer_key(layer) for layer in layers]
-    if len(keys) != len(_L) or len(set(keys)) != len(_L) or "input" in keys:
+    if len(keys) != len(PAPER_LAYERS) or len(set(keys)) != len(PAPER_LAYERS) or "input" in keys:
         raise ValueError(f"name the model's three CAM layers deepest first (as paper_layers gives them), not {keys}")
-    return dict(zip(keys, _L))
+    return dict(zip(keys, PAPER_LAYERS))
 
 
 def to_paper_layers(df: "pd.DataFrame", layers: Sequence[str | int] | None) -> "pd.DataFrame":
@@ -213,7 +210,7 @@ def to_paper_layers(df: "pd.DataFrame", layers: Sequence[str | int] | None) -> "
     stored = df["layer"].map(layer_key)
     if all(k == v for k, v in mapping.items()):
         return df.assign(layer=stored)
-    clash = sorted(set(stored) & (set(_L) - set(mapping)))
+    clash = sorted(set(stored) & (set(PAPER_LAYERS) - set(mapping)))
     if clash:
         raise ValueError(f"rows already hold layers {clash}; they cannot also stand for {sorted(mapping)}")
     return df.assign(layer=stored.map(lambda k: mapping.get(k, k)))
