@@ -65,8 +65,9 @@ def stage_groups(model: nn.Module, size: int = 224) -> list[list[str]]:
     return linear + list(stages.values())
 
 
-def _sanity_data(model: nn.Module, size: int, n_images: int, n_pairs: int, data: str) -> tuple[Any, Any, str]:
-    """(images, two-object images, what they are): benchmark scenes for a model of the benchmark's
+def _sanity_data(model: nn.Module, size: int, n_images: int, n_pairs: int,
+                 data: str) -> tuple[Any, Any, tuple[str, str]]:
+    """(images, two-object images, what each is): benchmark scenes for a model of the benchmark's
     classes, the real photos and photo pairs otherwise (``data="auto"``)."""
     from ..data.scenes import CLASSES, SyntheticScenes
 
@@ -76,11 +77,11 @@ def _sanity_data(model: nn.Module, size: int, n_images: int, n_pairs: int, data:
     if data == "benchmark":
         seed = int(card.get("scene_seed", 0))
         return (SyntheticScenes("test", n_images, seed=seed, size=size),
-                SyntheticScenes("pairs", n_pairs, seed=seed, size=size), "benchmark scenes")
+                SyntheticScenes("pairs", n_pairs, seed=seed, size=size), ("test scenes", "two-object scenes"))
     if data == "photos":
         from ..data.photos import PhotoPairs, PhotoSet
 
-        return PhotoSet(size), PhotoPairs(size, n=n_pairs), "real photos, photo pairs side by side"
+        return PhotoSet(size), PhotoPairs(size, n=n_pairs), ("real photos", "pairs of photos side by side")
     raise ValueError(f"unknown data {data!r}; use 'auto', 'benchmark' or 'photos'")
 
 
@@ -132,8 +133,8 @@ def sanity_tables(model: nn.Module, preprocess: Any, n_images: int = 12, n_pairs
     abl_sum = S.summarize_values(abl, ["variant", "layer"], ["spearman_abs"], seed=seed)
     abl_table = abl_sum["spearman_abs"].unstack("layer")[[str(l) for l in [*layers, "input"]]]
     tables = {"randomization": rand, "class_sensitivity": cs_table, "weight_ablation": abl_table}
-    for t, n in zip(tables.values(), (n_images, len(pairs_b.x), n_ablation)):
-        t.attrs.update(data=what, n=n)
+    for t, n, d in zip(tables.values(), (n_images, len(pairs_b.x), n_ablation), (what[0], what[1], what[0])):
+        t.attrs.update(data=d, n=n)
     return tables
 
 
