@@ -21,13 +21,13 @@ from typing import Any, Callable, Iterable
 import torch
 
 from .dag import INPUT, Graph
-from .ops import CallOp
+from .ops import CallOp, eval_mode
 from .presets import Bound
 from .rules_base import Missing, MultiRule
 
 Tensor = torch.Tensor
 
-__all__ = ["Trace", "Walk", "plan", "forward", "propagate"]
+__all__ = ["Trace", "Walk", "plan", "forward", "propagate", "blank_shapes"]
 
 
 @dataclass
@@ -125,6 +125,15 @@ def forward(graph: Graph, x: Tensor, keep: Iterable[int] = (), grad_at: Iterable
         shape = tuple(trace.out.shape) if isinstance(trace.out, torch.Tensor) else type(trace.out).__name__
         raise TypeError(f"the model returns {shape}; explainers need B x classes logits")
     return trace
+
+
+def blank_shapes(model: torch.nn.Module, graph: Graph, size: int) -> dict[int, Any]:
+    """Every node's output shape (``graph`` traced from ``model``) for one blank ``size`` x ``size``
+    image: a real forward (unlike :meth:`Graph.shapes_at`, which may stop at an op fake tensors
+    cannot run), modules in eval mode."""
+    x = torch.zeros(1, graph.input_channels or 3, size, size, device=next(model.parameters()).device)
+    with torch.no_grad(), eval_mode(model):
+        return forward(graph, x).shapes
 
 
 def _meta(shape: Any) -> Any:

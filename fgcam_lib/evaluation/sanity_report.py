@@ -27,6 +27,8 @@ from torch import nn
 
 from . import sanity as S
 from ..data.fingerprint import model_fingerprint
+from ..engine.graph import graph_of
+from ..engine.walk import blank_shapes
 from ..methods.registry import make_explainer, paper_layers
 from .batch import load_batch
 
@@ -36,7 +38,7 @@ if TYPE_CHECKING:
 __all__ = ["stage_groups", "sanity_tables", "main"]
 
 
-def stage_groups(model: nn.Module, size: int = 224) -> list[list[str]]:
+def stage_groups(model: nn.Module, size: int = 224, shapes: dict[int, Any] | None = None) -> list[list[str]]:
     """Randomisation groups, top-down: each linear layer, then one group per conv stage, a stage
     being the convs (with their BatchNorms) whose outputs have the same resolution for a ``size``
     px input. On a VGG these are the convs between two pools; on a ResNet ``layer4``, ``layer3``,
@@ -46,16 +48,10 @@ def stage_groups(model: nn.Module, size: int = 224) -> list[list[str]]:
         >>> [g[0] for g in stage_groups(torchvision.models.resnet18())][:3]
         ['fc', 'layer4.1.conv2', 'layer3.1.conv2']
     """
-    from ..engine.graph import graph_of
-    from ..engine.ops import eval_mode
-    from ..engine.walk import forward
-
     groups = S.randomization_groups(model, by="conv")
     linear = [g for g in groups if isinstance(model.get_submodule(g[0]), nn.Linear)]
     graph = graph_of(model)
-    x = torch.zeros(1, graph.input_channels or 3, size, size, device=next(model.parameters()).device)
-    with torch.no_grad(), eval_mode(model):
-        shapes = forward(graph, x).shapes
+    shapes = blank_shapes(model, graph, size) if shapes is None else shapes
     names = {n.name: i for i, n in enumerate(graph.nodes)}
     stages: dict[tuple[int, ...], list[str]] = {}
     for g in groups[len(linear):]:  # deep to shallow, so the coarsest resolution comes first
@@ -98,12 +94,13 @@ def sanity_tables(model: nn.Module, preprocess: Any, n_images: int = 12, n_pairs
 
     torch.manual_seed(seed)
     size = int(getattr(preprocess, "size", 96))
-    layers = paper_layers(model, size)
+    shapes = blank_shapes(model, graph_of(model), size)   # one blank forward serves both layer lookups
+    layers = paper_layers(model, size, shapes)
     finest = layers[-1]
     images, two, what = _sanity_data(model, size, max(n_images, n_ablation), n_pairs, data)
     test = load_batch(images, preprocess)
     n_images, n_ablation = min(n_images, len(test.x)), min(n_ablation, len(test.x))
-    groups = stage_groups(model, size)
+    groups = stage_groups(model, size, shapes)
     n_linear = sum(isinstance(model.get_submodule(g[0]), nn.Linear) for g in groups)
     pairs = [("grad_cam", finest), ("layer_cam", finest), ("fg_grad_cam", finest), ("lrp", finest),
              ("fg_grad_cam", "input"), ("lrp", "input"), ("clrp", "input"), ("sglrp", "input")]

@@ -38,7 +38,6 @@ from .cam import GradCAM, GradCAMpp, LayerCAM, ScoreCAM, XGradCAM
 from .fgcam import CLRP, FGCAM, LRP, SGLRP
 from ..catalogue import METHOD_LABELS, is_input_layer
 from ..engine.graph import INPUT, Graph, graph_of
-from ..engine.ops import eval_mode
 
 __all__ = [
     "MethodSpec", "METHODS", "FAMILIES", "PAPER_CAM_METHODS", "PAPER_INPUT_METHODS",
@@ -188,10 +187,11 @@ def make_explainer(
     return spec.build(model, mean, std, **{**spec.defaults, **overrides})
 
 
-def resolution_layers(model: nn.Module, size: int = 224) -> list[tuple[int, str]]:
+def resolution_layers(model: nn.Module, size: int = 224, shapes: dict[int, Any] | None = None) -> list[tuple[int, str]]:
     """``(stride, layer)`` for the layers a reader looks at, deepest first, one per resolution of a
     ``size`` px input (:meth:`~fgcam_lib.engine.dag.Graph.stages`: the pools on VGG-style models,
     the stage outputs elsewhere); ``stride`` is the input side over the layer's, a power of two.
+    ``shapes``: the nodes' shapes for that input if already known (:func:`~fgcam_lib.engine.walk.blank_shapes`).
 
     Example:
         >>> resolution_layers(torchvision.models.resnet18())[:2]
@@ -199,18 +199,14 @@ def resolution_layers(model: nn.Module, size: int = 224) -> list[tuple[int, str]
     """
     import math
 
-    import torch
-
-    from ..engine.walk import forward
+    from ..engine.walk import blank_shapes
 
     graph = graph_of(model)
-    x = torch.zeros(1, graph.input_channels or 3, size, size, device=next(model.parameters()).device)
-    with torch.no_grad(), eval_mode(model):
-        shapes = forward(graph, x).shapes
+    shapes = blank_shapes(model, graph, size) if shapes is None else shapes
     return [(2 ** round(math.log2(size / int(shapes[p][-1]))), graph.name(p)) for p in graph.stages(shapes)]
 
 
-def paper_layers(model: nn.Module, size: int = 224) -> list[str]:
+def paper_layers(model: nn.Module, size: int = 224, shapes: dict[int, Any] | None = None) -> list[str]:
     """The paper's three CAM layers on ``model``: ``["33", "23", "13"]`` on VGG16-BN's layout
     (the max-pools at 1/16, 1/8, 1/4 of the input); elsewhere the layers at those resolutions
     (other VGGs: their pools; ResNet: ``["layer3", "layer2", "layer1"]``), for a ``size`` px input.
@@ -222,7 +218,7 @@ def paper_layers(model: nn.Module, size: int = 224) -> list[str]:
     graph = graph_of(model)
     if graph.vgg_style and graph.n_features == 44:
         return ["33", "23", "13"]
-    by_stride = dict(resolution_layers(model, size))
+    by_stride = dict(resolution_layers(model, size, shapes))
     missing = [s for s in (16, 8, 4) if s not in by_stride]
     if missing:
         raise ValueError(f"{type(model).__name__} has no stage output at 1/{missing[0]} of a {size} px input; "

@@ -33,7 +33,7 @@ from torch import nn
 from ..catalogue import layer_label
 from ..engine.graph import Graph, graph_of
 from ..engine.ops import eval_mode
-from ..engine.walk import forward
+from ..engine.walk import blank_shapes
 from ..methods.base import Explainer, Explanation
 from ..methods.components import TopComponents
 from ..methods.fgcam import FGCAM, denoise
@@ -87,13 +87,11 @@ class ModelEntry:
     def of(cls, model: nn.Module, preprocess: Any, class_names: Sequence[str] | None = None) -> ModelEntry:
         """Trace ``model`` and list its layers and their shapes (one forward of a blank input)."""
         graph = graph_of(model)
-        device = next(model.parameters()).device
-        x = torch.zeros(1, 3, preprocess.size, preprocess.size, device=device)
-        with torch.no_grad(), eval_mode(model):
-            shapes = forward(graph, x).shapes
+        shapes = blank_shapes(model, graph, preprocess.size)
         n_classes = int(shapes[graph.output][1])
         names = list(class_names) if class_names is not None else class_names_of(model, n_classes)
-        return cls(model, preprocess, graph, device, pool_layers(model, preprocess.size), shapes, names)
+        return cls(model, preprocess, graph, next(model.parameters()).device,
+                   pool_layers(model, preprocess.size, shapes), shapes, names)
 
     def copy(self) -> ModelEntry:
         """The same model and explainers with copies of the per-image caches."""

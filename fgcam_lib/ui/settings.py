@@ -108,7 +108,7 @@ def registry_name(method: str, base: str = "grad_cam") -> str:
     return f"fg_{base}" if method == "fg_cam" else method
 
 
-def pool_layers(model: nn.Module, size: int = 224) -> list[int | str]:
+def pool_layers(model: nn.Module, size: int = 224, shapes: dict[int, Any] | None = None) -> list[int | str]:
     """The layers the explorer offers, deepest first, then ``"input"``: those of
     :func:`~fgcam_lib.methods.registry.resolution_layers`, VGG-style pools as ``model.features``
     indices (``[43, 33, 23, 13, 6, "input"]``), other layers by name (ResNet: ``"layer4"`` ...
@@ -116,7 +116,7 @@ def pool_layers(model: nn.Module, size: int = 224) -> list[int | str]:
     """
     vgg = graph_of(model).vgg_style
     out: list[int | str] = [int(name.split(".")[1]) if vgg and name.startswith("features.") else name
-                            for _, name in resolution_layers(model, size)]
+                            for _, name in resolution_layers(model, size, shapes)]
     return out + ["input"]
 
 
