@@ -25,6 +25,7 @@ from torchvision.models.resnet import BasicBlock, ResNet
 
 from ..engine.presets import IMAGENET_MEAN, IMAGENET_STD
 from .imagenet_models import IMAGENET_MODELS, load_imagenet_model
+from .transformers import BundledSwin, BundledViT
 
 __all__ = [
     "BundledVGG", "BundledVGGFC", "BundledResNet", "BUNDLED_MODELS", "build_bundled", "bundled_paths",
@@ -222,7 +223,8 @@ def build_bundled(name: str, n_classes: int = 8, **kwargs: Any) -> nn.Module:
     64
     """
     classes: dict[str, type[nn.Module]] = {
-        "bundled": BundledVGG, "bundled_vgg16bn_fc": BundledVGGFC, "bundled_resnet": BundledResNet}
+        "bundled": BundledVGG, "bundled_vgg16bn_fc": BundledVGGFC, "bundled_resnet": BundledResNet,
+        "bundled_vit": BundledViT, "bundled_swin": BundledSwin}
     if name not in classes:
         raise ValueError(f"unknown bundled architecture {name!r}; one of {', '.join(classes)}")
     return classes[name](n_classes=n_classes, **kwargs)

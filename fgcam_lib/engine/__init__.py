@@ -8,9 +8,10 @@
 from .dag import INPUT, Graph, Node
 from .kinds import KINDS, OpKind, default_rules, kind_of
 from .ops import is_vgg_style
-from .presets import IMAGENET_MEAN, IMAGENET_STD, PRESETS, Preset, bind, canonical, get_preset, paper
-from .rules import (AlphaBeta, Epsilon, Flat, Gate, HeldMatmul, MultiRule, Pass, PoolZ, Reduce, Route, Rule, Split, Sum,
-                    WSquare, ZBeta, ZPlus, channel_bounds, image_bounds)
+from .presets import (IMAGENET_MEAN, IMAGENET_STD, PRESETS, Preset, attn_lrp, bind, canonical, cp_lrp, get_preset,
+                      paper)
+from .rules import (AlphaBeta, AttnLRP, CPAttention, Epsilon, Flat, Gate, HeldMatmul, HeldStd, MultiRule, Pass, PoolZ,
+                    Reduce, Route, Rule, Split, Sum, WSquare, ZBeta, ZPlus, channel_bounds, image_bounds)
 from .tracing import LEAVES, chain_graph, fx_graph, graph_of, register_leaf
 from .weighted import Weighted, fold_bn, register_conv_leaf, weighted_of
 from .ops import eval_mode
@@ -19,10 +20,10 @@ from .walk import Trace, Walk, forward, plan, propagate
 __all__ = [
     "INPUT", "Graph", "Node", "graph_of", "fx_graph", "chain_graph", "is_vgg_style", "kind_of",
     "LEAVES", "register_leaf", "Weighted", "weighted_of", "fold_bn", "register_conv_leaf",
-    "Preset", "paper", "canonical", "get_preset", "PRESETS", "bind", "KINDS", "OpKind", "default_rules",
+    "Preset", "paper", "canonical", "cp_lrp", "attn_lrp", "get_preset", "PRESETS", "bind", "KINDS", "OpKind", "default_rules",
     "IMAGENET_MEAN", "IMAGENET_STD",
     "Rule", "MultiRule", "ZPlus", "ZBeta", "Epsilon", "AlphaBeta", "Flat", "WSquare", "Pass", "PoolZ", "Sum", "Reduce",
-    "Gate", "HeldMatmul", "Route", "Split", "channel_bounds", "image_bounds",
+    "Gate", "HeldMatmul", "Route", "Split", "CPAttention", "AttnLRP", "HeldStd", "channel_bounds", "image_bounds",
     "Trace", "Walk", "plan", "forward", "propagate", "eval_mode", "coverage",
     "residual_flow", "residual_roles",
 ]

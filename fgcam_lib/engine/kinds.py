@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .attention import WINDOW_ATTENTION
+from .rules_attention import CPAttention
 from .rules_base import Pass, Rule
 from .rules_structural import Gate, HeldMatmul, Reduce, Route, Split, Sum
 from .rules_weighted import PoolZ, ZPlus
@@ -100,6 +102,9 @@ KINDS: dict[str, OpKind] = {
     "matmul": OpKind(
         "x @ A with A an attention or gate computed from x (held constant), or a parameter",
         HeldMatmul, functions=(operator.matmul, torch.matmul, torch.bmm), methods=("matmul", "bmm")),
+    "attention": OpKind(
+        "nn.MultiheadAttention, torchvision's (shifted) window attention of Swin and Swin V2",
+        CPAttention, modules=(nn.MultiheadAttention,), named=(WINDOW_ATTENTION,)),
     "pad": OpKind(
         "F.pad, ZeroPad2d, ConstantPad2d, ReflectionPad2d, ReplicationPad2d",
         Route, modules=(nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d), functions=(F.pad,)),
@@ -109,13 +114,15 @@ KINDS: dict[str, OpKind] = {
     "split": OpKind("chunk, split, unbind", Split, functions=(torch.chunk, torch.split, torch.unbind),
                     methods=("chunk", "split", "unbind")),
     "reshape": OpKind(
-        "flatten, view, reshape, permute, transpose, getitem, channel / pixel shuffles",
+        "flatten, view, reshape, permute, transpose, getitem, roll, channel / pixel shuffles, Swin's patch-merging pad",
         Route, modules=(nn.Flatten, nn.Unflatten, nn.ChannelShuffle, nn.PixelShuffle, nn.PixelUnshuffle),
         functions=(torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze, torch.permute, torch.transpose,
                    operator.getitem, torch.channel_shuffle, F.pixel_shuffle, F.pixel_unshuffle, torch.roll,
                    torch.swapaxes, torch.movedim),
         methods=("flatten", "view", "reshape", "squeeze", "unsqueeze", "permute", "transpose", "contiguous",
-                 "swapaxes", "movedim", "roll", "expand")),
+                 "swapaxes", "movedim", "roll", "expand"),
+        # Swin's patch merging pads to an even size (fx-wrapped in torchvision)
+        named=("torchvision.models.swin_transformer._patch_merging_pad",)),
     "other": OpKind(
         "Dropout, Identity, StochasticDepth (identity in eval)",
         Pass, modules=(nn.Dropout, nn.Dropout2d, nn.AlphaDropout, nn.Identity), functions=(F.dropout, F.dropout2d),

@@ -82,12 +82,12 @@ class ModuleOp:
         if self._fn is None and isinstance(module, nn.MaxPool2d) and not module.return_indices:
             self._fn = _max_pool
 
-    def __call__(self, *xs: Any) -> Any:
+    def __call__(self, *xs: Any, **kwargs: Any) -> Any:
         if self._fn is not None:
             return self._fn(self.module, xs[0])
         if getattr(self.module, "inplace", False):  # other in-place modules: keep the input intact
-            return self.module(xs[0].clone(), *xs[1:])
-        return self.module(*xs)
+            return self.module(xs[0].clone(), *xs[1:], **kwargs)
+        return self.module(*xs, **kwargs)
 
 
 class Slot:

@@ -22,13 +22,14 @@ from . import rules as _rules
 from .dag import INPUT, Graph
 from .kinds import KINDS, default_rules
 from .ops import CallOp, fill
+from .rules_attention import AttnLRP, CPAttention, HeldStd
 from .rules_base import Missing, Pass, Rule
 from .rules_input import ZBeta, channel_bounds, image_bounds
-from .rules_structural import HeldMatmul
-from .rules_weighted import PoolZ, ZPlus
+from .rules_structural import HeldMatmul, Sum
+from .rules_weighted import Epsilon, PoolZ, ZPlus
 from .weighted import Weighted, bn_module_parts, bn_parts, fold_bn, functional_weighted, weighted_of
 
-__all__ = ["Preset", "paper", "canonical", "PresetBuilder", "PRESETS", "get_preset", "bind", "Bound", "constants",
+__all__ = ["Preset", "paper", "canonical", "cp_lrp", "attn_lrp", "PresetBuilder", "PRESETS", "get_preset", "bind", "Bound", "constants",
            "IMAGENET_MEAN", "IMAGENET_STD"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -136,6 +137,26 @@ def canonical(
     )
 
 
+def cp_lrp(epsilon: float = 1e-9) -> Preset:
+    """CP-LRP for transformers as LXT computes it (Ali et al. 2022; Achtibat et al. 2024's code):
+    the epsilon rule with biases in every weighted layer, the input's included; LayerNorm
+    with its standard deviation held (:class:`~fgcam_lib.engine.rules_attention.HeldStd`);
+    GELU and other activations pass; residual and position-embedding adds share in proportion
+    (the embedding absorbs its share); attention held constant. With a small ``epsilon`` this
+    is gradient x input of the network with those parts held, which is how LXT computes it."""
+    eps = Epsilon(epsilon, bias=True)
+    return Preset("cp_lrp", {
+        **default_rules(), "input": eps, "conv": eps, "linear": eps, "norm": HeldStd(epsilon),
+        "add": Sum("proportional", epsilon), "attention": CPAttention(Epsilon(epsilon, bias=True))})
+
+
+def attn_lrp(epsilon: float = 1e-9) -> Preset:
+    """AttnLRP (Achtibat et al. 2024): :func:`cp_lrp`, with relevance also flowing through the
+    attention weights (:class:`~fgcam_lib.engine.rules_attention.AttnLRP`)."""
+    base = cp_lrp(epsilon)
+    return Preset("attn_lrp", {**base.rules, "attention": AttnLRP(Epsilon(epsilon, bias=True), epsilon)})
+
+
 class PresetBuilder(Protocol):
     """Builds a named preset; ``mean`` and ``std`` are the model's input normalisation."""
 
@@ -151,7 +172,8 @@ def _canonical(mean: Sequence[float], std: Sequence[float]) -> Preset:
 
 
 #: preset name -> its builder: the names :func:`get_preset` (and ``FGCAM(model, rules=name)``) knows
-PRESETS: dict[str, PresetBuilder] = {"paper": _paper, "canonical": _canonical}
+PRESETS: dict[str, PresetBuilder] = {"paper": _paper, "canonical": _canonical,
+                                     "cp_lrp": lambda mean, std: cp_lrp(), "attn_lrp": lambda mean, std: attn_lrp()}
 
 
 def get_preset(

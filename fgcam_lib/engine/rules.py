@@ -18,7 +18,9 @@ This module gathers the families, each in its own module:
 - :mod:`~fgcam_lib.engine.rules_input`: the layers that read the image (:class:`ZBeta`,
   :class:`WSquare`) and the pixels' bounds;
 - :mod:`~fgcam_lib.engine.rules_structural`: adds, gates, index ops, sums, held products
-  (:class:`Sum`, :class:`Gate`, :class:`Route`, :class:`Split`, :class:`Reduce`, :class:`HeldMatmul`).
+  (:class:`Sum`, :class:`Gate`, :class:`Route`, :class:`Split`, :class:`Reduce`, :class:`HeldMatmul`);
+- :mod:`~fgcam_lib.engine.rules_attention`: transformer ops (:class:`CPAttention`,
+  :class:`AttnLRP`, :class:`HeldStd` for LayerNorm).
 
     >>> rule = ZPlus()
     >>> conv = torch.nn.Conv2d(3, 8, 3, padding=1)
@@ -26,6 +28,7 @@ This module gathers the families, each in its own module:
 """
 from __future__ import annotations
 
+from .rules_attention import AttnLRP, CPAttention, HeldStd
 from .rules_base import InputRelevance, Missing, MultiRule, Pass, Rule, safe_div
 from .rules_input import Bounds, WSquare, ZBeta, channel_bounds, image_bounds
 from .rules_structural import Gate, HeldMatmul, Reduce, Route, Split, Sum
@@ -35,5 +38,5 @@ __all__ = [
     "Rule", "MultiRule", "InputRelevance", "Pass", "Missing", "safe_div",
     "ZPlus", "AlphaBeta", "Epsilon", "Flat", "PoolZ",
     "ZBeta", "WSquare", "Bounds", "image_bounds", "channel_bounds",
-    "Sum", "Gate", "Route", "Split", "Reduce", "HeldMatmul",
+    "Sum", "Gate", "Route", "Split", "Reduce", "HeldMatmul", "CPAttention", "AttnLRP", "HeldStd",
 ]

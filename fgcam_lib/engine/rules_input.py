@@ -68,7 +68,7 @@ class ZBeta(Rule):
         wp, wn = lin.part("+", positive_part), lin.part("-", negative_part)
         z = lin.forward(x, w) - self._bound_term(lin, low, high, wp, wn, x)
         if self.bias and lin.bias is not None:
-            z = z + lin.bias.view(1, -1, *([1] * (z.dim() - 2)))
+            z = z + lin.bias_for(z)
         s = safe_div(R, z)
         if lin.dims == 2 and lin.groups == 1:
             # the three transposes as one: the weights stacked along the input channels

@@ -35,7 +35,9 @@ class Sum(MultiRule):
     relevance only arrives where ``z > 0`` and both coincide; MobileNetV2 and ConvNeXt add
     without a ReLU after, which the negative half covers.
     ``mode="proportional"``: ``R_i = x_i / (z + eps sign z) R`` (zennit's ``Sum`` + ``Norm``;
-    signed shares, unstable where ``a ~ -b``). Constant operands (a bias) get no share.
+    signed shares, unstable where ``a ~ -b``); a constant operand (a bias, a position
+    embedding) absorbs its share, as the epsilon rule's bias does. In ``"sign"`` mode constant
+    operands get no share and the signal takes all.
     """
 
     def __init__(self, mode: str = "sign", epsilon: float = 1e-9):
@@ -51,17 +53,19 @@ class Sum(MultiRule):
                  data: Sequence[bool] | None = None) -> list[InputRelevance]:
         live = _data_operands(xs, data)
         out: list[InputRelevance] = [None] * len(xs)
+        # a - b is a + (-b): the subtracted operand's share is that of its negation
+        signed = [-x if k == 1 and getattr(op, "label", "") == "sub" and isinstance(x, torch.Tensor) else x
+                  for k, x in enumerate(xs)]
+        if self.mode == "proportional":  # every tensor operand counts, so a constant absorbs its share
+            z = sum(x for x in signed if isinstance(x, torch.Tensor))
+            s = R / (z + self.epsilon * torch.where(z >= 0, 1.0, -1.0).to(z))
+            for k in live:
+                out[k] = (signed[k] * s).sum_to_size(xs[k].shape)
+            return out
         if len(live) == 1:
             out[live[0]] = R.sum_to_size(xs[live[0]].shape)
             return out
-        # a - b is a + (-b): the subtracted operand's share is that of its negation
-        parts = [-xs[k] if k == 1 and getattr(op, "label", "") == "sub" else xs[k] for k in live]
-        if self.mode == "proportional":
-            z = sum(parts)
-            s = R / (z + self.epsilon * torch.where(z >= 0, 1.0, -1.0).to(z))
-            for k, x in zip(live, parts):
-                out[k] = (x * s).sum_to_size(x.shape)
-            return out
+        parts = [signed[k] for k in live]
         z = parts[0] + parts[1]
         for x in parts[2:]:
             z = z + x

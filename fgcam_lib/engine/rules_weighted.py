@@ -52,8 +52,8 @@ class AlphaBeta(Rule):
             w_neg_in = lin.part("-", negative_part) if positive else lin.part("+", positive_part)
             z.add_(lin.forward(xn, w_neg_in))
         if self.bias and lin.bias is not None:
-            b = lin.bias.clamp(min=0) if positive else lin.bias.clamp(max=0)
-            z.add_(b.view(1, -1, *([1] * (z.dim() - 2))))
+            b = lin.bias_for(z)
+            z.add_(b.clamp(min=0) if positive else b.clamp(max=0))
         s = safe_div(R, z) if with_z else torch.div(R, z, out=z).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
         out = lin.transpose(s, w_pos_in, x.shape).mul_(xp)
         if has_neg:
@@ -143,7 +143,7 @@ class Epsilon(Rule):
         lin = weighted_of(module)
         z = lin.forward(x, lin.weight)
         if self.bias and lin.bias is not None:
-            z = z + lin.bias.view(1, -1, *([1] * (z.dim() - 2)))
+            z = z + lin.bias_for(z)
         z = z + self.epsilon * torch.where(z >= 0, 1.0, -1.0).to(z)
         return x * lin.transpose(safe_div(R, z), lin.weight, x.shape)
 

@@ -67,8 +67,9 @@ def plan(graph: Graph, bound: Bound, start: int, stops: Iterable[int]) -> Walk:
 def _shape(v: Any) -> Any:
     if isinstance(v, torch.Tensor):
         return v.shape
-    if isinstance(v, (tuple, list)) and v and all(isinstance(t, torch.Tensor) for t in v):
-        return tuple(t.shape for t in v)
+    if isinstance(v, (tuple, list)) and any(isinstance(t, torch.Tensor) for t in v) and all(
+            isinstance(t, torch.Tensor) or t is None for t in v):  # (output, None): attention without weights
+        return tuple(t.shape if isinstance(t, torch.Tensor) else None for t in v)
     return None
 
 
@@ -137,8 +138,8 @@ def blank_shapes(model: torch.nn.Module, graph: Graph, size: int) -> dict[int, A
 
 
 def _meta(shape: Any) -> Any:
-    if isinstance(shape, tuple) and shape and isinstance(shape[0], torch.Size):
-        return tuple(torch.empty(s, device="meta") for s in shape)
+    if isinstance(shape, tuple) and shape and isinstance(shape[0], (torch.Size, type(None))):
+        return tuple(None if s is None else torch.empty(s, device="meta") for s in shape)
     return torch.empty(shape, device="meta")
 
 

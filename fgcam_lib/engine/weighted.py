@@ -121,6 +121,12 @@ class Weighted:
             s, s.new_empty(shape), w, None, list(self.stride), list(self.padding), list(self.dilation), False,
             [0] * self.dims, self.groups, (True, False, False))[0]
 
+    def bias_for(self, z: Tensor) -> Tensor:
+        """The bias shaped to add to an output ``z``: on the last dimension for a linear layer (any
+        leading dimensions, as tokens), on dimension 1 for a convolution."""
+        assert self.bias is not None
+        return self.bias if self.dims == 0 else self.bias.view(1, -1, *([1] * (z.dim() - 2)))
+
     def ones(self, x: Tensor, like: Tensor | None = None) -> Tensor:
         """1 at every input position of ``x`` (0 on a fused zero border): the flat rule's ``x``; with
         ``like``'s dtype and device (``x`` may be a meta tensor: only its shape is read)."""

@@ -21,6 +21,7 @@ from typing import Any, Sequence
 import torch
 
 from ..data.models import BUNDLED_CHECKPOINT, DATA_DIR, scaled_cfg
+from ..data.transformers import SWIN_SIZE, VIT_SIZE
 
 __all__ = ["TrainConfig", "RECIPES", "TINY", "parse_config"]
 
@@ -37,7 +38,7 @@ class TrainConfig:
     True
     """
 
-    arch: str = "bundled"  # bundled | bundled_vgg16bn_fc | bundled_resnet
+    arch: str = "bundled"  # bundled | bundled_vgg16bn_fc | bundled_resnet | bundled_vit | bundled_swin
     width_div: int = 8  # VGG archs: torchvision VGG16 widths divided by this
     widths: tuple[int, ...] = (16, 32, 64, 128)  # bundled_resnet: replaces resnet18's 64, 128, 256, 512
     pool: int = 3  # bundled_vgg16bn_fc: AdaptiveAvgPool2d output side
@@ -94,11 +95,16 @@ class TrainConfig:
         """Constructor arguments of :func:`~fgcam_lib.data.models.build_bundled` for ``arch``."""
         if self.arch == "bundled_resnet":
             return {"widths": list(self.widths)}
+        if self.arch in TRANSFORMER_SIZES:  # the shape is the class's; the card records it
+            return dict(TRANSFORMER_SIZES[self.arch])
         kw: dict[str, Any] = {"cfg": scaled_cfg(self.width_div), "dropout": self.dropout}
         if self.arch == "bundled_vgg16bn_fc":
             kw.update(pool=self.pool, hidden=self.hidden)
         return kw
 
+
+#: transformer architectures -> their constructor's shape
+TRANSFORMER_SIZES: dict[str, dict[str, Any]] = {"bundled_vit": VIT_SIZE, "bundled_swin": SWIN_SIZE}
 
 _FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
 _PATH_FIELDS = {n for n, t in _FIELD_TYPES.items() if "Path" in str(t)}
@@ -125,13 +131,19 @@ RECIPES: dict[str, dict[str, Any]] = {
         arch="bundled_vgg16bn_fc", width_div=8, pool=3, hidden=512, dropout=0.5, size=96, n_train=20000,
         n_train_pairs=20000, epochs=20, minutes=60.0, batch=32, lr=1e-3, wd=0.05,
         init=DATA_DIR / "bundled_vgg16bn.pt", out=DATA_DIR / "bundled_vgg16bn_fc.pt"),
+    "bundled_vit": dict(
+        arch="bundled_vit", size=96, n_train=20000, n_train_pairs=20000, epochs=40, minutes=80.0, batch=32,
+        lr=1e-3, wd=0.05, out=DATA_DIR / "bundled_vit.pt"),
+    "bundled_swin": dict(
+        arch="bundled_swin", size=96, n_train=20000, n_train_pairs=20000, epochs=40, minutes=80.0, batch=32,
+        lr=1e-3, wd=0.05, out=DATA_DIR / "bundled_swin.pt"),
 }
 #: a run of seconds for tests
 TINY: dict[str, Any] = dict(size=32, n_train=64, n_train_pairs=32, n_val=16, n_test=32, n_pairs=16, epochs=1,
                             batch=32, width_div=16, widths=(4, 8, 8, 16), hidden=32, pool=1)
 
 _HELP: dict[str, str] = {
-    "arch": "architecture: bundled, bundled_vgg16bn_fc or bundled_resnet",
+    "arch": "architecture: bundled, bundled_vgg16bn_fc, bundled_resnet, bundled_vit or bundled_swin",
     "width_div": "VGG archs: divide VGG16 channel widths by this",
     "widths": "bundled_resnet: the four stage widths",
     "pool": "bundled_vgg16bn_fc: pooled side before the classifier",

@@ -306,6 +306,10 @@ _ARCH_TEXT = {
                           "as torchvision VGG",
     "bundled_resnet": "BundledResNet: torchvision ResNet with BasicBlock [2, 2, 2, 2] (resnet18 module paths), "
                       "narrower stages",
+    "bundled_vit": "BundledViT: torchvision VisionTransformer, 8 px patches at 96 px (12 x 12 tokens + class token), "
+                   "4 blocks of width 64 with 4 heads (vit_b_16 module paths)",
+    "bundled_swin": "BundledSwin: torchvision SwinTransformer, 4 px patches at 96 px, stages of 2/2/2 blocks at "
+                    "24/12/6 tokens, widths 32/64/128, 6 x 6 windows (swin_t module paths)",
 }
 
 
