@@ -240,10 +240,14 @@ class Graph:
         global pooling, flatten or linear node that every path to the logits passes through.
 
         VGG: ``features.43`` (the last max-pool, as in the authors' code); ResNet: ``layer4``;
-        DenseNet: the final ReLU; MobileNet, EfficientNet, ConvNeXt: ``features``.
+        DenseNet: the final ReLU; MobileNet, EfficientNet, ConvNeXt: ``features``. Transformers:
+        see :meth:`_token_component_layer`.
         """
         if self.vgg_style:
             return self._by_name[f"features.{self.n_features - 1}"]
+        attention = [i for i, n in enumerate(self.nodes) if n.kind == "attention" and n.data]
+        if attention:
+            return self._token_component_layer(attention[-1])
         for i, n in enumerate(self.nodes):
             head = (n.kind == "linear" or isinstance(n.module, nn.Flatten) or _to_vector(n)
                     or (n.kind in ("avgpool", "maxpool") and _is_global_pool(n)))
@@ -253,6 +257,23 @@ class Graph:
                     return self._spatial_before(data[0])
                 break
         raise ValueError("cannot find a feature map before the classifier head; pass component_layer")
+
+    def _data_inputs(self, i: int) -> list[int]:
+        return [j for j in self.nodes[i].inputs if j == INPUT or self.nodes[j].data]
+
+    def _token_component_layer(self, last: int) -> int:
+        """A transformer's token grid the CAM reads. With a class token (ViT: a parameter
+        concatenated to the patch tokens), the input of the last attention (``ln_1`` of the last
+        block): after it only the class token reaches the head. Without one (Swin), the input of
+        the first norm after the last attention that every path to the logits passes: the last
+        stage's output."""
+        prefix = any(n.kind == "cat" and n.data and len(self._data_inputs(i)) < len(n.inputs)
+                     for i, n in enumerate(self.nodes[:last]))
+        if not prefix:
+            for i in range(last + 1, len(self.nodes)):
+                if self.nodes[i].kind == "norm" and self.nodes[i].data and self._dominates_output(i):
+                    return self._data_inputs(i)[0]
+        return self._data_inputs(last)[0]
 
     def _spatial_before(self, c: int) -> int:
         """``c``, or, where ``c`` is a 1 x 1 map at 224 px (a pool the size of the map, the

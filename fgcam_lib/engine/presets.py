@@ -131,6 +131,7 @@ def canonical(
             "maxpool": PoolZ(flat=True),
             "avgpool": PoolZ(flat=True),
             "matmul": HeldMatmul(flat=True),
+            "attention": CPAttention(ZPlus(flat=True)),
         },
         merge_bn=True,
         keep_bias=keep_bias,

@@ -35,6 +35,7 @@ from torch import nn
 from ..engine.graph import INPUT, Graph, graph_of
 from ..engine.ops import eval_mode
 from ..engine.presets import IMAGENET_MEAN, IMAGENET_STD
+from ..engine.tokens import Grid, grid_of
 
 __all__ = ["Explainer", "Explanation", "normalization", "resolve_target", "resize_maps", "PIXEL_RANGE_LIMIT", "NORMALISED_RANGE_LIMIT"]
 
@@ -313,6 +314,16 @@ class Explainer:
         if many:
             return {s: expl.map(s, signed, upsample) for s in specs}
         return expl.map(specs[0], signed, upsample)
+
+    def grid(self, shapes: dict, position: int) -> Grid:
+        """How the activation at ``position`` (``shapes`` from a forward) is a B x C x h x w map:
+        as it is on a CNN, tokens or channels-last on a transformer."""
+        g = grid_of(self.graph, position, shapes, tuple(shapes[INPUT][-2:]))
+        if g is None:
+            shape = shapes.get(position)
+            raise ValueError(f"layer {self.graph.name(position)!r} gives {tuple(shape) if shape else shape}, not a "
+                             "feature map or token grid; pick a layer with spatial positions")
+        return g
 
     def _feature_map_check(self, position: int, name: str, method: str) -> None:
         if position == INPUT:

@@ -219,9 +219,10 @@ class CAM(Explainer):
         source = GradientSource(logits, acts, tgt) if grad else None
         comps = []
         for i, (p, A) in enumerate(zip(positions, acts)):
-            grads = None if source is None else (lambda score, i=i: source(score, i))
-            inputs = CamInputs(A.detach(), logits.detach(), tgt, x, self._logits, self.graph.name(p), self.model,
-                               grad_source=grads)
+            grid = self.grid(trace.shapes, p)  # tokens and channels-last maps read as B x C x h x w
+            grads = None if source is None else (lambda score, i=i, g=grid: g.to_grid(source(score, i)))
+            inputs = CamInputs(grid.to_grid(A.detach()), logits.detach(), tgt, x, self._logits, self.graph.name(p),
+                               self.model, grad_source=grads)
             with torch.set_grad_enabled(grad):
                 w = base.weights(inputs)
             comps.append(components_of(w, inputs.activations, self.name))

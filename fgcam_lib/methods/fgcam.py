@@ -17,6 +17,7 @@ from .cam import GRADIENT_WEIGHTS, ScoreCAMBase
 from ..engine.graph import INPUT
 from ..engine.presets import Preset, bind, get_preset
 from ..engine.rules import Rule
+from ..engine.tokens import grid_of
 from ..engine.walk import Trace, forward, plan, propagate
 
 __all__ = ["FGCAM", "LRP", "CLRP", "SGLRP", "Step1", "BASES", "denoise", "denoise_rank"]
@@ -65,6 +66,13 @@ class Step1(NamedTuple):
     trace: Trace
 
 
+def _as_grid(explainer: Explainer, trace: Trace, position: int, R: Tensor) -> Tensor:
+    if position == INPUT or not isinstance(R, torch.Tensor) or R.dim() not in (3, 4):
+        return R
+    g = grid_of(explainer.graph, position, trace.shapes, tuple(trace.shapes[INPUT][-2:]))
+    return R if g is None else g.to_grid(R)
+
+
 class _Propagating(Explainer):
     """Explainers that push relevance down with a rule preset."""
 
@@ -92,8 +100,13 @@ class _Propagating(Explainer):
         """Push ``relevance`` (the shape of the activation at ``start``) down to ``positions``
         with this explainer's rules, one walk for all: ``{position: relevance}``."""
         bound = self.bound_rules() if bound is None else bound
+        raw = trace.shapes[start]
+        if isinstance(raw, torch.Size) and relevance.shape != raw:  # given on the token grid
+            relevance = self.grid(trace.shapes, start).from_grid(relevance, raw)
         with torch.no_grad():
-            return propagate(self.graph, bound, trace, relevance, plan(self.graph, bound, start, positions))
+            R = propagate(self.graph, bound, trace, relevance, plan(self.graph, bound, start, positions))
+        # token and channels-last layers are returned as B x C x h x w, as on a CNN
+        return {p: _as_grid(self, trace, p, r) for p, r in R.items()}
 
     def forward_for(self, x: Tensor, start: int, stops: Sequence[int], grad_at: Sequence[int] = (),
                     keep: Sequence[int] = (), bound=None) -> Trace:
@@ -188,12 +201,13 @@ class FGCAM(_Propagating):
         tgt = resolve_target(target, logits.detach())
         A = trace.acts[L]
         source = GradientSource(logits, [A], tgt) if grad else None
-        inputs = CamInputs(A.detach(), logits.detach(), tgt, x, lambda z: forward(self.graph, z).out,
+        grid = self.grid(trace.shapes, L)
+        inputs = CamInputs(grid.to_grid(A.detach()), logits.detach(), tgt, x, lambda z: forward(self.graph, z).out,
                            self.component_layer, self.model,
-                           grad_source=None if source is None else (lambda score: source(score, 0)))
+                           grad_source=None if source is None else (lambda score: grid.to_grid(source(score, 0))))
         with torch.set_grad_enabled(grad):
             w = base.weights(inputs)
-        A = A.detach()
+        A = inputs.activations
         if grad:
             trace.out = logits.detach()  # frees the graph above the component layer
         if A.dim() != 4:
