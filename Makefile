@@ -23,6 +23,8 @@ $(VENV_STAMP): pyproject.toml
 	$(PY) -m pip install torch==2.14.1 torchvision==0.29.1
 	@echo "==> [4/4] .venv: fgcam_lib in editable mode with its dev and lab extras (pytest, nbval, JupyterLab, ...)"
 	$(PY) -m pip install -e ".[dev,lab]"
+	@echo "==> .venv: lxt==2.1 without its dependencies (the transformer oracle test needs only its torch code)"
+	$(PY) -m pip install --no-deps "lxt==2.1"
 	touch $(VENV_STAMP)
 	@echo "==> .venv ready: $(PY); the command line is .venv/bin/fgcam"
 
