@@ -296,15 +296,24 @@ class Graph:
         models the pools (the paper's 43, 33, 23, 13, 6); otherwise, at each resolution below the
         component layer, the outermost container output (else the deepest module output) that
         every path to the logits passes (ResNet: layer4 ... layer1, then the stem)."""
+        from .tokens import layouts  # tokens builds on this module
+
         top = self.default_component_layer()
         if self.vgg_style:
             return [i for i in range(top, -1, -1) if isinstance(self.nodes[i].module, (nn.MaxPool2d, nn.AvgPool2d))]
+        attention = [i for i, n in enumerate(self.nodes) if n.kind == "attention" and n.data]
+        if attention and isinstance(shapes.get(top), torch.Size) and len(shapes[top]) == 3:
+            # a plain ViT keeps one token grid throughout: its stages are the blocks (their attention's input)
+            return sorted({self._data_inputs(i)[0] for i in attention if self.reaches(i, top) or i < top}
+                          | {top}, reverse=True)
+        layout = layouts(self, shapes)
         named = set(self.aliases.values())
         best: dict[tuple, int] = {}
         for i in range(top, -1, -1):
             s = shapes.get(i)
             if not isinstance(s, torch.Size) or len(s) != 4:
                 continue
+            s = torch.Size([s[0], s[3], s[1], s[2]]) if layout.get(i) == "bhwc" else s  # channels first
             if self.nodes[i].module is None and i not in named:
                 continue  # functional ops inside a module (e.g. a channels-last layer norm)
             if self.nodes[i].kind == "pad":
@@ -315,7 +324,8 @@ class Graph:
             if key not in best or self.name(i).count(".") < self.name(best[key]).count("."):
                 best[key] = i  # the outermost container at that resolution, else the deepest node
         if isinstance(shapes.get(top), torch.Size) and len(shapes[top]) == 4:
-            best[tuple(shapes[top][2:])] = top  # the component layer stands for its resolution
+            s = shapes[top]
+            best[tuple(s[1:3] if layout.get(top) == "bhwc" else s[2:])] = top  # it stands for its resolution
         return sorted(best.values(), reverse=True)
 
     def min_size(self, like: Tensor) -> tuple[int, int]:

@@ -100,11 +100,13 @@ KINDS: dict[str, OpKind] = {
     "sum": OpKind("x.sum(dim), torch.sum: a sum over channels or branches", Reduce, functions=(torch.sum,),
                   methods=("sum",)),
     "matmul": OpKind(
-        "x @ A with A an attention or gate computed from x (held constant), or a parameter",
-        HeldMatmul, functions=(operator.matmul, torch.matmul, torch.bmm), methods=("matmul", "bmm")),
+        "x @ A, einsum, with A an attention (a softmax) or gate computed from x (held constant), or a parameter",
+        HeldMatmul, functions=(operator.matmul, torch.matmul, torch.bmm, torch.einsum), methods=("matmul", "bmm")),
     "attention": OpKind(
-        "nn.MultiheadAttention, torchvision's (shifted) window attention of Swin and Swin V2",
-        CPAttention, modules=(nn.MultiheadAttention,), named=(WINDOW_ATTENTION,)),
+        "nn.MultiheadAttention, F.scaled_dot_product_attention, torchvision's (shifted) window attention of Swin "
+        "and Swin V2",
+        CPAttention, modules=(nn.MultiheadAttention,), functions=(F.scaled_dot_product_attention,),
+        named=(WINDOW_ATTENTION,)),
     "pad": OpKind(
         "F.pad, ZeroPad2d, ConstantPad2d, ReflectionPad2d, ReplicationPad2d",
         Route, modules=(nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d), functions=(F.pad,)),

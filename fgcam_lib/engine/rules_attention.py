@@ -18,10 +18,11 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .attention import AttentionCall, HeldProduct, attention_call
-from .ops import CallOp
+from .ops import CallOp, Slot, fill
 from .rules_base import InputRelevance, MultiRule, Rule, safe_div
 from .rules_weighted import Epsilon, ZPlus
 
@@ -78,6 +79,8 @@ class CPAttention(MultiRule):
 
     def __call__(self, op: Any, xs: Sequence[Any], R: Tensor,
                  data: Sequence[bool] | None = None) -> list[InputRelevance]:
+        if isinstance(op, CallOp) and op.fn is F.scaled_dot_product_attention:
+            return _held_sdpa(self.rule, op, xs, R)
         call = attention_call(op, xs)
         R = R[0] if isinstance(R, dict) else R  # nn.MultiheadAttention returns (output, weights)
         iq, ik, iv = call.signals
@@ -86,6 +89,27 @@ class CPAttention(MultiRule):
 
     def __repr__(self) -> str:
         return f"CPAttention({self.rule!r})"
+
+
+def _held_sdpa(rule: Rule, op: CallOp, xs: Sequence[Any], R: Tensor) -> list[InputRelevance]:
+    """``F.scaled_dot_product_attention(q, k, v)`` (timm's fused attention): ``A`` recomputed and
+    held, ``rule`` on ``A @ v``; q and k take none."""
+    args = fill(op.args, tuple(xs))
+    kw = fill(op.kwargs, tuple(xs))
+    q, k, v = args[:3]
+    mask = args[3] if len(args) > 3 else kw.get("attn_mask")
+    if kw.get("is_causal") or (len(args) > 5 and args[5]):
+        raise TypeError("causal attention is not supported by the attention rules")
+    scale = kw.get("scale") or q.shape[-1] ** -0.5
+    with torch.no_grad():
+        S = (q @ k.transpose(-2, -1)) * scale
+        if mask is not None:
+            S = S.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else S + mask
+        A = S.softmax(-1)
+    slots = [a.i for a in op.args[:3] if isinstance(a, Slot)]
+    out: list[InputRelevance] = [None] * len(xs)
+    out[slots[2]] = rule(HeldProduct(A), v, R)
+    return out
 
 
 class AttnLRP(MultiRule):

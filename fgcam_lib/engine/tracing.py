@@ -214,6 +214,9 @@ def fx_graph(model: nn.Module) -> Graph:
             a_gates_b = a in anc_b or _unshaped(nodes, a) in anc_b
             b_gates_a = b in anc_a or _unshaped(nodes, b) in anc_a
             op.gate = 1 if a_gates_b and not b_gates_a else 0 if b_gates_a and not a_gates_b else None
+            if op.gate is None and kind == "matmul":  # attention written out: A @ v with A a softmax
+                soft = [_is_softmax(nodes, j) for j in (a, b)]
+                op.gate = soft.index(True) if soft.count(True) == 1 else None
         ids[fn] = len(nodes)
         nodes.append(node)
         for c in _containers(fn):
@@ -231,6 +234,16 @@ def _unshaped(nodes: list[Node], i: int) -> int:
     while i != INPUT and nodes[i].kind == "reshape" and len(nodes[i].inputs) >= 1:
         i = nodes[i].inputs[0]
     return i
+
+
+def _is_softmax(nodes: list[Node], i: int) -> bool:
+    """Whether tensor ``i`` is a softmax's output, through reshapes and dropout."""
+    while i != INPUT and nodes[i].kind in ("reshape", "other") and nodes[i].inputs:
+        i = nodes[i].inputs[0]
+    if i == INPUT:
+        return False
+    node = nodes[i]
+    return isinstance(node.module, nn.Softmax) or "softmax" in str(getattr(node.op, "label", ""))
 
 
 def _ancestors_of(nodes: list[Node], i: int) -> set[int]:

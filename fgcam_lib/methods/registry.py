@@ -201,15 +201,19 @@ def resolution_layers(model: nn.Module, size: int = 224, shapes: dict[int, Any] 
 
     from ..engine.walk import blank_shapes
 
+    from ..engine.tokens import grid_of
+
     graph = graph_of(model)
     shapes = blank_shapes(model, graph, size) if shapes is None else shapes
-    return [(2 ** round(math.log2(size / int(shapes[p][-1]))), graph.name(p)) for p in graph.stages(shapes)]
+    return [(2 ** round(math.log2(size / grid_of(graph, p, shapes, (size, size)).w)), graph.name(p))
+            for p in graph.stages(shapes)]
 
 
 def paper_layers(model: nn.Module, size: int = 224, shapes: dict[int, Any] | None = None) -> list[str]:
     """The paper's three CAM layers on ``model``: ``["33", "23", "13"]`` on VGG16-BN's layout
     (the max-pools at 1/16, 1/8, 1/4 of the input); elsewhere the layers at those resolutions
-    (other VGGs: their pools; ResNet: ``["layer3", "layer2", "layer1"]``), for a ``size`` px input.
+    (other VGGs: their pools; ResNet: ``["layer3", "layer2", "layer1"]``; Swin: ``["features", "features.3",
+    "features.1"]``), for a ``size`` px input. A ViT keeps one token grid: the three blocks below its top.
 
     Example:
         >>> paper_layers(torchvision.models.resnet50())
@@ -218,7 +222,10 @@ def paper_layers(model: nn.Module, size: int = 224, shapes: dict[int, Any] | Non
     graph = graph_of(model)
     if graph.vgg_style and graph.n_features == 44:
         return ["33", "23", "13"]
-    by_stride = dict(resolution_layers(model, size, shapes))
+    stages = resolution_layers(model, size, shapes)
+    if len({stride for stride, _ in stages}) == 1 and len(stages) >= 4:
+        return [name for _, name in stages[1:4]]  # one token grid throughout (ViT): the three blocks below the top
+    by_stride = dict(stages)
     missing = [s for s in (16, 8, 4) if s not in by_stride]
     if missing:
         raise ValueError(f"{type(model).__name__} has no stage output at 1/{missing[0]} of a {size} px input; "
