@@ -53,6 +53,9 @@ class HeldProduct(Weighted):
     """``A @ v`` with ``A`` (B x h x N x M) held constant: a linear map of ``v`` (B x h x M x d)
     whose weight is ``A``, so every weighted-layer rule (z+, epsilon, flat) applies to it."""
 
+    #: an attention map has no negative weights: z+ skips the x- w- half
+    nonnegative = True
+
     def __init__(self, A: Tensor):
         super().__init__(A, None, dims=-1)
 

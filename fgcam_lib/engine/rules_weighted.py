@@ -42,8 +42,9 @@ class AlphaBeta(Rule):
     def _part(self, lin: Weighted, x: Tensor, R: Tensor, positive: bool,
               with_z: bool = False) -> Any:
         """The positive (or negative) half's relevance, ``(relevance, z)`` when ``with_z``."""
-        # after a ReLU the negative inputs are all zero: skip their convolutions
-        has_neg = bool(x.min() < 0)
+        # after a ReLU the negative inputs are all zero: skip their convolutions; so are their
+        # products with w- when no weight is negative (an attention map)
+        has_neg = bool(x.min() < 0) and not (positive and getattr(lin, "nonnegative", False))
         xp = x.clamp(min=0) if has_neg else x
         w_pos_in = lin.part("+", positive_part) if positive else lin.part("-", negative_part)
         z = lin.forward(xp, w_pos_in)
