@@ -36,7 +36,7 @@ METHOD_LABELS: dict[str, str] = {
     "fg_grad_cam": "FG-Grad-CAM", "fg_grad_cam_denoise": "FG-Grad-CAM (denoising)",
     "fg_score_cam": "FG-Score-CAM", "fg_score_cam_denoise": "FG-Score-CAM (denoising)",
     "fg_grad_cam_pp": "FG-Grad-CAM++", "fg_xgrad_cam": "FG-XGrad-CAM",
-    "lrp": "LRP", "clrp": "CLRP", "sglrp": "SGLRP",
+    "lrp": "LRP", "clrp": "CLRP", "sglrp": "SGLRP", "cp_lrp": "CP-LRP", "attn_lrp": "AttnLRP",
 }
 #: labels of the keys that name no registered method: FG-CAM on any base (the explorer's
 #: ``"fg_cam"``) and the CAM bases FG-CAM takes by name that are no method of their own

@@ -58,7 +58,8 @@ def _run(model, pre, scenes, **kw) -> pd.DataFrame:
 def test_registry_names_labels_and_signs():
     assert set(METHODS) == {
         "grad_cam", "score_cam", "layer_cam", "grad_cam_pp", "xgrad_cam", "fg_grad_cam", "fg_grad_cam_denoise",
-        "fg_score_cam", "fg_score_cam_denoise", "fg_grad_cam_pp", "fg_xgrad_cam", "lrp", "clrp", "sglrp"}
+        "fg_score_cam", "fg_score_cam_denoise", "fg_grad_cam_pp", "fg_xgrad_cam", "lrp", "clrp", "sglrp", "cp_lrp",
+        "attn_lrp"}
     assert [label(m) for m in PAPER_CAM_METHODS] == [
         "Grad-CAM", "FG-Grad-CAM", "FG-Grad-CAM (denoising)", "Score-CAM", "FG-Score-CAM",
         "FG-Score-CAM (denoising)", "Layer-CAM"]

@@ -4,7 +4,9 @@ Three bundled architectures, trained on the synthetic scenes by ``python -m fgca
 ``"bundled"`` (:class:`BundledVGG`: VGG16-BN features, global pool, one linear layer),
 ``"bundled_vgg16bn_fc"`` (:class:`BundledVGGFC`: the same features with torchvision VGG's
 three-layer classifier) and ``"bundled_resnet"`` (:class:`BundledResNet`: torchvision's
-``ResNet`` / ``BasicBlock`` at reduced width, module paths as on ``resnet18``).
+``ResNet`` / ``BasicBlock`` at reduced width, module paths as on ``resnet18``); and two vision
+transformers, ``"bundled_vit"`` and ``"bundled_swin"`` (torchvision's ``VisionTransformer`` and
+``SwinTransformer`` at benchmark size, :mod:`~fgcam_lib.data.transformers`).
 
 ``load_model(name) -> (model, preprocess)``; the model is in eval mode. Weights are never
 silently random: a missing file raises :class:`WeightsNotFoundError` with the path(s)
@@ -55,6 +57,8 @@ BUNDLED_MODELS: dict[str, str] = {
     "bundled": "bundled_vgg16bn.pt",
     "bundled_vgg16bn_fc": "bundled_vgg16bn_fc.pt",
     "bundled_resnet": "bundled_resnet.pt",
+    "bundled_vit": "bundled_vit.pt",
+    "bundled_swin": "bundled_swin.pt",
 }
 MODEL_NAMES: tuple[str, ...] = tuple(BUNDLED_MODELS) + tuple(IMAGENET_MODELS) + TORCHVISION_CNNS
 
@@ -375,7 +379,8 @@ def load_model(name: str, weights: str | os.PathLike | None = None, device: str 
     """Load a model by name; returns ``(model in eval mode on device, preprocess)``.
 
     Args:
-        name: a bundled model ("bundled", "bundled_vgg16bn_fc", "bundled_resnet"), a real ImageNet network
+        name: a bundled model ("bundled", "bundled_vgg16bn_fc", "bundled_resnet", "bundled_vit",
+            "bundled_swin"), a real ImageNet network
             whose weights install offline ("efficientnet_lite0") or a torchvision classifier
             (``TORCHVISION_CNNS`` are tested: VGGs, ResNets, DenseNets, MobileNets, EfficientNet, ConvNeXt, ...).
         weights: None (default location: data/ for "bundled", the torch hub cache for

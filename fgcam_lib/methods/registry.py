@@ -134,6 +134,10 @@ def _registry() -> dict[str, MethodSpec]:
         MethodSpec("lrp", "lrp", _lrp(LRP), {}, True, "LRP from the target logit, paper rules"),
         MethodSpec("clrp", "lrp", _lrp(CLRP), {}, True, "contrastive LRP, paper rules"),
         MethodSpec("sglrp", "lrp", _lrp(SGLRP), {}, True, "softmax-gradient LRP, paper rules"),
+        MethodSpec("cp_lrp", "lrp", _lrp(LRP), {"rules": "cp_lrp"}, True,
+                   "CP-LRP (attention held constant; epsilon rule, LayerNorm std held), as LXT computes it"),
+        MethodSpec("attn_lrp", "lrp", _lrp(LRP), {"rules": "attn_lrp"}, True,
+                   "AttnLRP (relevance through the attention weights too), epsilon rule"),
     ]
     return {s.name: s for s in specs}
 

@@ -31,8 +31,8 @@ __all__ = ["default_images", "as_image_tensor", "image_name", "class_names_of", 
 Tensor = torch.Tensor
 #: a zero-argument function that returns ``(model, preprocess)``
 ModelLoader = Callable[[], "tuple[nn.Module, Any]"]
-#: the bundled models, in the order of the explorer's model menu
-BUNDLED: tuple[str, ...] = tuple(BUNDLED_MODELS)
+#: the bundled CNNs, in the order of the explorer's model menu
+BUNDLED: tuple[str, ...] = tuple(n for n in BUNDLED_MODELS if n not in ("bundled_vit", "bundled_swin"))
 #: the explorer's model menu: the real ImageNet network (its weights install offline), then the bundled models
 MENU: tuple[str, ...] = ("efficientnet_lite0", *BUNDLED)
 #: model name -> what the model menu says about it
@@ -41,6 +41,8 @@ MODEL_LABELS: dict[str, str] = {
     "bundled": "bundled: VGG16-BN, GAP + linear",
     "bundled_vgg16bn_fc": "bundled_vgg16bn_fc: VGG16-BN, 3 FC",
     "bundled_resnet": "bundled_resnet: ResNet (BasicBlock)",
+    "bundled_vit": "bundled_vit: ViT (8 px patches)",
+    "bundled_swin": "bundled_swin: Swin (3 stages)",
 }
 
 
