@@ -281,3 +281,63 @@ def test_token_cams_match_pytorch_grad_cam(ours, theirs, arch, tv_models):
 def test_every_preset_runs_on_swin(preset, swin):
     ex = FGCAM(swin, rules=preset).explain(torch.randn(1, 3, 96, 96), layer=["input", "features.1"])
     assert torch.isfinite(ex.components["input"]).all() and ex.components["input"].abs().sum() > 0
+
+
+@pytest.mark.parametrize("which", ["vit", "swin"])
+def test_every_registered_method_runs_on_the_bundled_transformers(which, request):
+    from fgcam_lib.evaluation.zoo import check_methods
+
+    runs = check_methods(request.getfixturevalue(which), torch.randn(1, 3, 96, 96))
+    assert all(v == "runs" for v in runs.values()), {k: v for k, v in runs.items() if v != "runs"}
+
+
+class _FusedAttention(nn.Module):
+    """An embedding, then one attention layer written as timm writes it: a qkv linear and
+    F.scaled_dot_product_attention."""
+
+    def __init__(self, embed: nn.Linear, mha: nn.MultiheadAttention):
+        super().__init__()
+        self.embed = embed
+        self.qkv = nn.Linear(mha.embed_dim, 3 * mha.embed_dim)
+        self.proj = mha.out_proj
+        self.heads = mha.num_heads
+        with torch.no_grad():
+            self.qkv.weight.copy_(mha.in_proj_weight)
+            self.qkv.bias.copy_(mha.in_proj_bias)
+
+    def forward(self, x):
+        x = self.embed(x)
+        B, N, C = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        o = nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.proj(o.transpose(1, 2).reshape(B, N, C)).flatten(1)
+
+
+class _LeafAttention(nn.Module):
+    """The same with the attention as an nn.MultiheadAttention leaf."""
+
+    def __init__(self, embed: nn.Linear, mha: nn.MultiheadAttention):
+        super().__init__()
+        self.embed, self.attn = embed, mha
+
+    def forward(self, x):
+        x = self.embed(x)
+        return self.attn(x, x, x, need_weights=False)[0].flatten(1)
+
+
+def test_fused_attention_is_held_like_multihead_attention():
+    """One attention as an nn.MultiheadAttention leaf and as a traced qkv linear plus
+    F.scaled_dot_product_attention: CP-LRP gives the same relevance at the input."""
+    torch.manual_seed(5)
+    embed, mha = nn.Linear(8, 8), nn.MultiheadAttention(8, 2, batch_first=True).eval()
+    x = torch.randn(2, 5, 8)
+    R = torch.rand(2, 40)
+    got = []
+    for model in (_LeafAttention(embed, mha).eval(), _FusedAttention(embed, mha).eval()):
+        g = graph_of(model)
+        bound = bind(paper(), g)
+        trace = forward(g, x, keep=set(range(-1, len(g.nodes))))
+        torch.testing.assert_close(trace.out, mha(embed(x), embed(x), embed(x))[0].flatten(1), atol=1e-5, rtol=1e-4)
+        got.append(propagate(g, bound, trace, R, plan(g, bound, g.output, [INPUT]))[INPUT])
+    torch.testing.assert_close(got[0], got[1], atol=1e-5, rtol=1e-4)

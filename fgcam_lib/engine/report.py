@@ -19,6 +19,7 @@ from .presets import Preset, bind, get_preset
 from .rules_base import Missing
 from .tracing import graph_of
 from .ops import eval_mode
+from .tokens import grid_of
 from .walk import forward, plan, propagate
 
 __all__ = ["coverage", "residual_flow", "residual_roles", "ResidualRoles"]
@@ -240,6 +241,9 @@ def residual_flow(
             R = torch.zeros_like(logits).scatter_(1, t[:, None], logits.gather(1, t[:, None]))
         else:
             want = trace.shapes.get(top)
+            grid = grid_of(graph, top, trace.shapes, tuple(x.shape[-2:])) if want is not None else None
+            if grid is not None and tuple(relevance.shape) != tuple(want) and relevance.dim() == 4:
+                relevance = grid.from_grid(relevance, want)  # given on the token grid (FG-CAM's components)
             if want is None or tuple(relevance.shape) != tuple(want):
                 raise ValueError(f"relevance has shape {tuple(relevance.shape)}; the activation at "
                                  f"{graph.name(top)!r} has {tuple(want) if want is not None else 'no tensor'}")

@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 __all__ = ["TIMM_FAMILIES", "SIZES", "torchvision_cnns", "trained_like_bn", "check_model", "relevance_lost",
-           "middle_layer", "stages_below", "build", "zoo_input", "markdown", "main"]
+           "middle_layer", "stages_below", "build", "zoo_input", "markdown", "main", "TRANSFORMERS", "check_methods",
+           "transformer_table"]
 
 #: one small model per timm CNN family: family -> model name (timm 1.0)
 TIMM_FAMILIES: dict[str, str] = {
@@ -180,6 +181,63 @@ def check_model(model: nn.Module, x: torch.Tensor, paper: bool = True) -> dict[s
     return row
 
 
+#: torchvision's vision transformers and the size each runs at
+TRANSFORMERS: dict[str, int] = {"vit_b_16": 224, "vit_b_32": 224, "swin_t": 224, "swin_v2_t": 256, "maxvit_t": 224}
+
+
+def check_methods(model: nn.Module, x: torch.Tensor) -> dict[str, str]:
+    """Every registered method on ``model`` (CAMs at the component layer, FG-CAM and LRP at the
+    input): ``{method: "runs" or the error's first line}``."""
+    from ..methods.registry import METHODS, make_explainer
+
+    out: dict[str, str] = {}
+    for name, spec in METHODS.items():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ex = make_explainer(name, model)
+                layer = getattr(ex, "default_layer", None) if spec.family == "cam" else "input"
+                m = ex(x, layer=layer)
+                if not bool(torch.isfinite(m).all()):
+                    raise ValueError("non-finite map")
+            out[name] = "runs"
+        except Exception as exc:  # the table says what stopped it
+            out[name] = _line(exc)
+    return out
+
+
+def transformer_table(names: Sequence[str] = tuple(TRANSFORMERS), seconds: bool = True) -> Any:
+    """One row per torchvision transformer (random weights, one random image): the component
+    layer, relevance lost with the canonical preset and whether each registered method runs."""
+    import pandas as pd
+    import torchvision
+
+    rows = []
+    for name in names:
+        torch.manual_seed(0)
+        model = torchvision.models.get_model(name, weights=None, num_classes=10).eval()
+        if hasattr(model, "heads"):  # a zero-initialised head gives all-zero logits
+            nn.init.normal_(model.heads.head.weight, std=0.02)
+        x = torch.randn(1, 3, TRANSFORMERS.get(name, 224), TRANSFORMERS.get(name, 224),
+                        generator=torch.Generator().manual_seed(0))
+        start = time.perf_counter()
+        runs = check_methods(model, x)
+        row = {"model": name, "size": x.shape[-1], "component_layer": "",
+               "lost_canonical": float("nan"), "methods_run": sum(v == "runs" for v in runs.values()),
+               "methods": len(runs), "failures": "; ".join(f"{k}: {v}" for k, v in runs.items() if v != "runs")}
+        try:
+            from ..methods.fgcam import FGCAM
+
+            row["component_layer"] = FGCAM(model).component_layer
+            row["lost_canonical"] = relevance_lost(model, x, "canonical")
+        except Exception as exc:
+            row["failures"] += f"; conservation: {_line(exc)}"
+        if seconds:
+            row["seconds"] = round(time.perf_counter() - start, 1)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Check the zoo and write a CSV (one row per model) and the README's Markdown table."""
     import pandas as pd
@@ -190,7 +248,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--size", type=int, default=64, help="input side in pixels (SIZES overrides per model)")
     p.add_argument("--only", nargs="*", help="model names to check (default: the whole zoo)")
     p.add_argument("--markdown", default="docs/zoo.md", help="where the Markdown table goes ('' for nowhere)")
+    p.add_argument("--transformers", action="store_true",
+                   help="instead: torchvision's vision transformers, every registered method (results/zoo_transformers.csv)")
     args = p.parse_args(argv)
+    if args.transformers:
+        table = transformer_table(args.only or tuple(TRANSFORMERS))
+        table.to_csv("results/zoo_transformers.csv", index=False)
+        print(table.to_string())
+        return
     jobs = [("timm", fam, name) for fam, name in TIMM_FAMILIES.items()]
     jobs += [("torchvision", name, name) for name in torchvision_cnns()]
     if args.only:
