@@ -17,50 +17,21 @@ models, and no slower than LXT's LRP on ``vit_b_16``.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import importlib
-import os
 import statistics
-import sys
 import time
-import types
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 import torchvision
 
 from fgcam_lib import FGCAM
+from fgcam_lib.evaluation.lxt_oracle import lxt_cp_lrp
 
 
 def _random_head(model: torch.nn.Module) -> torch.nn.Module:
     if hasattr(model, "heads"):
         torch.nn.init.normal_(model.heads.head.weight, std=0.02)
     return model.eval()
-
-
-@contextlib.contextmanager
-def lxt_cp_lrp() -> Iterator[None]:
-    """LXT's CP-LRP patches of torchvision's ViT classes, undone afterwards (its package init
-    needs transformers < 5, which the ViT patches do not use)."""
-    import lxt
-
-    root = os.path.join(os.path.dirname(lxt.__file__), "efficient")
-    for name, path in (("lxt.efficient", root), ("lxt.efficient.models", os.path.join(root, "models"))):
-        if name not in sys.modules or not hasattr(sys.modules[name], "__path__"):
-            pkg = types.ModuleType(name)
-            pkg.__path__ = [path]
-            sys.modules[name] = pkg
-    cp = importlib.import_module("lxt.efficient.models.vit_torch").cp_LRP
-    saved = {cls: cls.forward for cls in cp}
-    try:
-        for cls, patch in cp.items():
-            patch(cls)
-        yield
-    finally:
-        for cls, fwd in saved.items():
-            cls.forward = fwd
-            if hasattr(cls, "original_forward"):
-                del cls.original_forward
 
 
 def rows_for(name: str, x: torch.Tensor) -> dict[str, Callable[[], None]]:

@@ -2,10 +2,6 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
-import os
-import sys
-import types
 
 import pytest
 import torch
@@ -181,44 +177,19 @@ def test_token_grid_layers_have_the_patch_grid(vit, swin):
 
 
 # ---------------------------------------------------------------- oracles ---------
-def _lxt_vit_patches():
-    """LXT 2.1's CP-LRP patch map for torchvision's ViT. Its package __init__ imports every
-    Hugging Face model patch (transformers < 5); the ViT patches need none of them, so the
-    two modules are loaded without it."""
-    lxt = pytest.importorskip("lxt")
-    root = os.path.join(os.path.dirname(lxt.__file__), "efficient")
-    for name, path in (("lxt.efficient", root), ("lxt.efficient.models", os.path.join(root, "models"))):
-        if name not in sys.modules or not hasattr(sys.modules[name], "__path__"):
-            pkg = types.ModuleType(name)
-            pkg.__path__ = [path]
-            sys.modules[name] = pkg
-    spec = importlib.util.find_spec("lxt.efficient.models.vit_torch")
-    assert spec is not None
-    from lxt.efficient.models.vit_torch import cp_LRP  # noqa: E402
-
-    return cp_LRP
-
-
 def test_lrp_on_vit_b_16_matches_lxt(tv_models):
     """LRP with the cp_lrp preset equals LXT's CP-LRP (gradient x input with attention, the LN
     std and GELU handled by its patches) on torchvision's vit_b_16, random weights, float64."""
-    cp = _lxt_vit_patches()
+    pytest.importorskip("lxt")
+    from fgcam_lib.evaluation.lxt_oracle import lxt_cp_lrp
+
     model = copy.deepcopy(tv_models["vit_b_16"]).double()
     x = torch.randn(1, 3, 224, 224, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     ex = LRP(model, rules=cp_lrp(1e-12)).explain(x, layer="input")
     ours = ex.components["input"]
-    patched = copy.deepcopy(model)
-    saved = {cls: cls.forward for cls in cp}
-    try:
-        for cls, patch in cp.items():
-            patch(cls)
+    with lxt_cp_lrp():
         xr = x.clone().requires_grad_(True)
-        patched(xr)[0, ex.target[0]].backward()
-    finally:
-        for cls, fwd in saved.items():
-            cls.forward = fwd
-            if hasattr(cls, "original_forward"):
-                del cls.original_forward
+        copy.deepcopy(model)(xr)[0, ex.target[0]].backward()
     theirs = (xr * xr.grad).detach()
     assert rel_close(ours, theirs, 1e-4)
 
@@ -226,9 +197,11 @@ def test_lrp_on_vit_b_16_matches_lxt(tv_models):
 def test_attn_lrp_matches_gradient_x_input_with_lxt_rules():
     """AttnLRP on one attention block equals gradient x input of the block written out with
     LXT's own primitives: q and k gradients divided by 4, v's by 2, the softmax as it is."""
-    lxt = pytest.importorskip("lxt")
-    _lxt_vit_patches()
-    from lxt.efficient.rules import divide_gradient
+    pytest.importorskip("lxt")
+    from fgcam_lib.evaluation.lxt_oracle import lxt_cp_lrp
+
+    with lxt_cp_lrp():  # loads LXT's modules without its package init
+        from lxt.efficient.rules import divide_gradient
 
     torch.manual_seed(4)
     m = nn.MultiheadAttention(8, 2, batch_first=True).double().eval()
