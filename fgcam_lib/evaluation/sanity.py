@@ -322,7 +322,8 @@ class AblatedFGCAM(FGCAM):
     def components_at_top(self, x: Tensor, target: Target = None, keep_from: int | None = None, bound=None):
         """Step 1 with replaced weights: ``w' * A_L`` (denoised when set) and ``w'``."""
         step = super().components_at_top(x, target, keep_from, bound)
-        A = step.trace.acts[self.component_position].detach()
+        L = self.component_position
+        A = self.grid(step.trace.shapes, L).to_grid(step.trace.acts[L].detach())  # tokens as a map
         w2 = ablate_weights(step.weights.detach(), self.ablation, self.seed)
         I = w2[:, :, None, None] * A
         if self.denoise is not None:

@@ -260,7 +260,10 @@ class Explainer:
 
     def _too_small(self, x: Tensor) -> ValueError | None:
         """The error for an input smaller than the model's convolutions and poolings allow."""
-        need = self.graph.min_size(x)
+        try:
+            need = self.graph.min_size(x)
+        except Exception:  # a model that checks its input size itself (a ViT) says so in its own error
+            return None
         if x.shape[-2] < need[0] or x.shape[-1] < need[1]:
             return ValueError(f"x is {x.shape[-2]} x {x.shape[-1]} pixels; this model's convolutions and poolings "
                               f"need at least {need[0]} x {need[1]} (resize the images, e.g. with the model's preprocess)")
