@@ -116,7 +116,7 @@ def test_get_preset_takes_its_names_from_presets(monkeypatch):
     net = TinyResidual().eval()
     maps = FGCAM(net, rules="halved", mean=MEAN, std=STD)(images(), layer="input")
     assert maps.shape == (2, 6, 6)
-    names = r"\['canonical', 'halved', 'paper'\]"
+    names = r"\['attn_lrp', 'canonical', 'cp_lrp', 'halved', 'paper'\]"
     with pytest.raises(ValueError, match=rf"^unknown rules 'nope'; use one of {names}") as err:
         get_preset("nope")
     assert "\n" not in str(err.value)

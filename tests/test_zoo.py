@@ -8,6 +8,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from fgcam_lib.engine.tokens import layouts
+from fgcam_lib.engine.walk import forward
+
 from fgcam_lib import FGCAM, GradCAM
 from fgcam_lib.evaluation.zoo import SIZES, TIMM_FAMILIES, build, check_model, torchvision_cnns, zoo_input
 
@@ -34,8 +37,8 @@ def two_threads():
     torch.set_num_threads(old)
 
 
-def _gradcam_reference(model, x, layer, target):
-    """Grad-CAM from a forward hook on module ``layer`` and autograd."""
+def _gradcam_reference(model, x, layer, target, channels_last=False):
+    """Grad-CAM from a forward hook on module ``layer`` and autograd (channels last: B x H x W x C)."""
     module = model.get_submodule(layer)
     acts = []
     handle = module.register_forward_hook(lambda m, i, o: acts.append(o))
@@ -46,6 +49,8 @@ def _gradcam_reference(model, x, layer, target):
             (G,) = torch.autograd.grad(logits.gather(1, target[:, None]).sum(), A)
     finally:
         handle.remove()
+    if channels_last:
+        A, G = A.permute(0, 3, 1, 2), G.permute(0, 3, 1, 2)
     return (G.mean((2, 3), keepdim=True) * A).sum(1).clamp(min=0).detach()
 
 
@@ -74,7 +79,9 @@ def _check(model, name, source):
     if layer in names:
         gc = GradCAM(model)
         e = gc.explain(x, layer=layer)
-        ref = _gradcam_reference(model, x, layer, e.target)
+        shapes = forward(gc.graph, x).shapes  # MambaOut's stages are channels last
+        last = layouts(gc.graph, shapes).get(gc.graph.position(layer)) == "bhwc"
+        ref = _gradcam_reference(model, x, layer, e.target, channels_last=last)
         got = e.map(layer)
         assert torch.allclose(got, ref, rtol=1e-4, atol=1e-5 * (float(ref.abs().max()) + 1e-12)), name
 

@@ -148,7 +148,7 @@ def cp_lrp(epsilon: float = 1e-9) -> Preset:
     eps = Epsilon(epsilon, bias=True)
     return Preset("cp_lrp", {
         **default_rules(), "input": eps, "conv": eps, "linear": eps, "norm": HeldStd(epsilon),
-        "add": Sum("proportional", epsilon), "attention": CPAttention(Epsilon(epsilon, bias=True))})
+        "add": Sum("proportional", epsilon, absorb=True), "attention": CPAttention(Epsilon(epsilon, bias=True))})
 
 
 def attn_lrp(epsilon: float = 1e-9) -> Preset:

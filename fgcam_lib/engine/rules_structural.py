@@ -35,15 +35,15 @@ class Sum(MultiRule):
     relevance only arrives where ``z > 0`` and both coincide; MobileNetV2 and ConvNeXt add
     without a ReLU after, which the negative half covers.
     ``mode="proportional"``: ``R_i = x_i / (z + eps sign z) R`` (zennit's ``Sum`` + ``Norm``;
-    signed shares, unstable where ``a ~ -b``); a constant operand (a bias, a position
-    embedding) absorbs its share, as the epsilon rule's bias does. In ``"sign"`` mode constant
-    operands get no share and the signal takes all.
+    signed shares, unstable where ``a ~ -b``). Constant operands (a bias) get no share, unless
+    ``absorb=True`` (proportional mode): then a constant (a position embedding) keeps its share,
+    as the epsilon rule's bias does and gradient x input implies.
     """
 
-    def __init__(self, mode: str = "sign", epsilon: float = 1e-9):
+    def __init__(self, mode: str = "sign", epsilon: float = 1e-9, absorb: bool = False):
         if mode not in ("sign", "proportional"):
             raise ValueError(f"unknown Sum mode {mode!r}; use 'sign' or 'proportional'")
-        self.mode, self.epsilon = mode, epsilon
+        self.mode, self.epsilon, self.absorb = mode, epsilon, absorb
 
     @property
     def guarantee(self) -> str:
@@ -56,8 +56,9 @@ class Sum(MultiRule):
         # a - b is a + (-b): the subtracted operand's share is that of its negation
         signed = [-x if k == 1 and getattr(op, "label", "") == "sub" and isinstance(x, torch.Tensor) else x
                   for k, x in enumerate(xs)]
-        if self.mode == "proportional":  # every tensor operand counts, so a constant absorbs its share
-            z = sum(x for x in signed if isinstance(x, torch.Tensor))
+        if self.mode == "proportional" and (self.absorb or len(live) > 1):
+            # absorb: every tensor operand counts in z, so a constant keeps its share
+            z = sum(x for x in (signed if self.absorb else [signed[k] for k in live]) if isinstance(x, torch.Tensor))
             s = R / (z + self.epsilon * torch.where(z >= 0, 1.0, -1.0).to(z))
             for k in live:
                 out[k] = (signed[k] * s).sum_to_size(xs[k].shape)
