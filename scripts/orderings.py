@@ -12,7 +12,9 @@ from fgcam_lib.evaluation.store import read_results
 
 #: bundled model -> (checkpoint fingerprint, its CAM layers at 1/16, 1/8, 1/4 of the input)
 MODELS = {"bundled": ("caf0404054", None), "bundled_vgg16bn_fc": ("4bb5dfdc7a", None),
-          "bundled_resnet": ("240040638d", ["layer3", "layer2", "layer1"])}
+          "bundled_resnet": ("240040638d", ["layer3", "layer2", "layer1"]),
+          "bundled_vit": ("3b0456c634", [f"encoder.layers.encoder_layer_{k}.ln_1" for k in (2, 1, 0)]),
+          "bundled_swin": ("5c82cc183e", ["features", "features.3", "features.1"])}
 
 
 def main(root: str = "results") -> None:
