@@ -24,7 +24,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 from .ops import CallOp, eval_mode
 
-__all__ = ["INPUT", "Node", "Graph", "run_shapes"]
+__all__ = ["INPUT", "Node", "Graph", "run_shapes", "layouts"]
 
 INPUT = -1
 Tensor = torch.Tensor
@@ -296,8 +296,6 @@ class Graph:
         models the pools (the paper's 43, 33, 23, 13, 6); otherwise, at each resolution below the
         component layer, the outermost container output (else the deepest module output) that
         every path to the logits passes (ResNet: layer4 ... layer1, then the stem)."""
-        from .tokens import layouts  # tokens builds on this module
-
         top = self.default_component_layer()
         if self.vgg_style:
             return [i for i in range(top, -1, -1) if isinstance(self.nodes[i].module, (nn.MaxPool2d, nn.AvgPool2d))]
@@ -368,6 +366,42 @@ def _to_vector(n: Node) -> bool:
     if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
         dims = tuple(dims[0])
     return len(dims) == 2
+
+
+def _permute_dims(op: Any) -> list[int] | None:
+    if not isinstance(op, CallOp) or op.label != "permute":
+        return None
+    dims: list[int] = []
+    for a in list(op.args[1:]) + list(op.kwargs.values()):
+        if isinstance(a, int):
+            dims.append(a)
+        elif isinstance(a, (list, tuple)) and all(isinstance(d, int) for d in a):
+            dims.extend(a)
+    return dims or None
+
+
+def layouts(graph: Graph, shapes: dict[int, Any]) -> dict[int, str]:
+    """``"bchw"`` or ``"bhwc"`` for every node whose output is 4-d (``shapes`` from a forward)."""
+    out: dict[int, str] = {INPUT: "bchw"}
+    for i, node in enumerate(graph.nodes):
+        s = shapes.get(i)
+        if not isinstance(s, torch.Size) or len(s) != 4:
+            continue
+        ins = [j for j in node.inputs if j in out and isinstance(shapes.get(j), torch.Size) and len(shapes[j]) == 4]
+        dims = _permute_dims(node.op)
+        if dims is not None and ins:
+            dims = [d % 4 for d in dims]
+            if dims == [0, 2, 3, 1]:
+                out[i] = "bhwc" if out[ins[0]] == "bchw" else "bchw"
+            elif dims == [0, 3, 1, 2]:
+                out[i] = "bchw" if out[ins[0]] == "bhwc" else "bhwc"
+            else:
+                out[i] = out[ins[0]]
+        elif ins:
+            out[i] = out[ins[0]]
+        else:  # tokens reshaped into a map: channels last when the last dim is the odd one out
+            out[i] = "bhwc" if s[1] == s[2] and s[3] != s[1] else "bchw"
+    return out
 
 
 def run_shapes(graph: Graph, x: Tensor, shapes: dict[int, Any] | None = None) -> dict[int, Any]:

@@ -10,7 +10,7 @@ B x C x h x w; on a transformer it is
 A :class:`Grid` turns such an activation into B x C x h x w (:meth:`Grid.to_grid`) and a
 map of that shape back into the layer's own layout (:meth:`Grid.from_grid`, prefix tokens
 get 0). Which 4-d tensors are channels-last is read from the graph's dataflow
-(:func:`layouts`): the image is channels-first, a ``permute`` moving channels last or first
+(:func:`~fgcam_lib.engine.dag.layouts`): the image is channels-first, a ``permute`` moving channels last or first
 flips the layout, every other op keeps its input's.
 
     >>> grid = grid_of(graph, graph.position("encoder.layers.encoder_layer_11.ln_1"), shapes, (224, 224))
@@ -24,8 +24,7 @@ from typing import Any
 
 import torch
 
-from .dag import INPUT, Graph
-from .ops import CallOp
+from .dag import Graph, layouts
 
 __all__ = ["Grid", "grid_of", "layouts"]
 
@@ -60,42 +59,6 @@ class Grid:
         out = g.new_zeros(tuple(shape))
         out[:, self.prefix:] = g.reshape(B, C, self.h * self.w).transpose(1, 2)
         return out
-
-
-def _permute_dims(op: Any) -> list[int] | None:
-    if not isinstance(op, CallOp) or op.label != "permute":
-        return None
-    dims: list[int] = []
-    for a in list(op.args[1:]) + list(op.kwargs.values()):
-        if isinstance(a, int):
-            dims.append(a)
-        elif isinstance(a, (list, tuple)) and all(isinstance(d, int) for d in a):
-            dims.extend(a)
-    return dims or None
-
-
-def layouts(graph: Graph, shapes: dict[int, Any]) -> dict[int, str]:
-    """``"bchw"`` or ``"bhwc"`` for every node whose output is 4-d (``shapes`` from a forward)."""
-    out: dict[int, str] = {INPUT: "bchw"}
-    for i, node in enumerate(graph.nodes):
-        s = shapes.get(i)
-        if not isinstance(s, torch.Size) or len(s) != 4:
-            continue
-        ins = [j for j in node.inputs if j in out and isinstance(shapes.get(j), torch.Size) and len(shapes[j]) == 4]
-        dims = _permute_dims(node.op)
-        if dims is not None and ins:
-            dims = [d % 4 for d in dims]
-            if dims == [0, 2, 3, 1]:
-                out[i] = "bhwc" if out[ins[0]] == "bchw" else "bchw"
-            elif dims == [0, 3, 1, 2]:
-                out[i] = "bchw" if out[ins[0]] == "bhwc" else "bhwc"
-            else:
-                out[i] = out[ins[0]]
-        elif ins:
-            out[i] = out[ins[0]]
-        else:  # tokens reshaped into a map: channels last when the last dim is the odd one out
-            out[i] = "bhwc" if s[1] == s[2] and s[3] != s[1] else "bchw"
-    return out
 
 
 def _token_grid(T: int, image_hw: tuple[int, int]) -> tuple[int, int, int] | None:
