@@ -31,18 +31,14 @@ __all__ = ["CPAttention", "AttnLRP", "HeldStd"]
 Tensor = torch.Tensor
 
 
-def _through_values(call: AttentionCall, rule: Rule, xq: Tensor, xk: Tensor, xv: Tensor, R: Tensor,
-                    A: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-    """Relevance from the output down to the value input with ``A`` held constant; also returns
-    ``A`` and the relevance at ``A @ v`` (B x h x N x d), which AttnLRP splits further."""
+def _through_values(call: AttentionCall, rule: Rule, xq: Tensor, xk: Tensor, xv: Tensor, R: Tensor) -> Tensor:
+    """Relevance from the output down to ``v`` (B x h x N x d) with ``A`` held constant."""
     with torch.no_grad():
-        A = call.attention(xq, xk) if A is None else A
-        tv = call.to_tokens(xv)
-        v = call.split(call.v(tv))
+        A = call.attention(xq, xk)
+        v = call.split(call.v(call.to_tokens(xv)))
         o = call.merge(A @ v)
     R_o = rule(call.out.weighted(), o, call.to_tokens(R))  # relevance at the heads' merged output
-    R_v = rule(HeldProduct(A), v, call.split(R_o))
-    return R_v, A, call.split(R_o)
+    return rule(HeldProduct(A), v, call.split(R_o))
 
 
 def _back(call: AttentionCall, rule: Rule, proj: Any, x: Tensor, R_tokens: Tensor) -> Tensor:
@@ -54,7 +50,7 @@ def _back(call: AttentionCall, rule: Rule, proj: Any, x: Tensor, R_tokens: Tenso
     return g
 
 
-def _collect(call: AttentionCall, n: int, parts: Sequence[tuple[int, Tensor]]) -> list[InputRelevance]:
+def _collect(n: int, parts: Sequence[tuple[int, Tensor]]) -> list[InputRelevance]:
     out: list[InputRelevance] = [None] * n
     for k, r in parts:
         out[k] = r if out[k] is None else out[k] + r
@@ -84,8 +80,8 @@ class CPAttention(MultiRule):
         call = attention_call(op, xs)
         R = R[0] if isinstance(R, dict) else R  # nn.MultiheadAttention returns (output, weights)
         iq, ik, iv = call.signals
-        R_v, _, _ = _through_values(call, self.rule, xs[iq], xs[ik], xs[iv], R)
-        return _collect(call, len(xs), [(iv, _back(call, self.rule, call.v, xs[iv], R_v))])
+        R_v = _through_values(call, self.rule, xs[iq], xs[ik], xs[iv], R)
+        return _collect(len(xs), [(iv, _back(call, self.rule, call.v, xs[iv], R_v))])
 
     def __repr__(self) -> str:
         return f"CPAttention({self.rule!r})"
@@ -144,8 +140,9 @@ class AttnLRP(MultiRule):
             v = call.split(call.v(call.to_tokens(xv)))
             if call.cosine:  # the norms held constant: relevance at q/|q| is that of q
                 q, k = nn.functional.normalize(q, dim=-1), nn.functional.normalize(k, dim=-1)
-        R_o = call.split(self.rule(call.out.weighted(), call.merge(A @ v), call.to_tokens(R)))
-        s = safe_div(R_o, self._stable(A @ v))
+            o = A @ v
+        R_o = call.split(self.rule(call.out.weighted(), call.merge(o), call.to_tokens(R)))
+        s = safe_div(R_o, self._stable(o))
         R_v = v * (A.transpose(-2, -1) @ s) / 2
         R_A = A * (s @ v.transpose(-2, -1)) / 2
         R_S = S * (R_A - A * R_A.sum(-1, keepdim=True))
@@ -153,7 +150,7 @@ class AttnLRP(MultiRule):
         t = safe_div(R_S, self._stable(S)) * call.scale
         R_q = q * (t @ k) / 2
         R_k = k * (t.transpose(-2, -1) @ q) / 2
-        return _collect(call, len(xs), [
+        return _collect(len(xs), [
             (iv, _back(call, self.rule, call.v, xv, R_v)),
             (iq, _back(call, self.rule, call.q, xq, R_q)),
             (ik, _back(call, self.rule, call.k, xk, R_k)),
